@@ -1,0 +1,1 @@
+"""Lowering of fused kernel groups to Triton source."""

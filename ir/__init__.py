@@ -1,0 +1,1 @@
+"""Ember's tensor IR: ops, types, graphs, the printer and the verifier."""

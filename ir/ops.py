@@ -1,0 +1,100 @@
+"""The closed set of IR primitives, grouped by kind.
+
+Every builtin of the language is either one of these primitives or a composite
+that lowering expands into them (see `lang/builtins.py`). Each pass gives the
+primitives their meaning through one table keyed by `Op`: `shape_rules`
+(ir/shapes.py), `eval_rules` (runtime/oracle.py), and later `vjp_rules` and
+`triton_rules`. A test asserts every Op appears in every table.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Op(Enum):
+    # leaves: graph inputs, named parameters, scalar constants, generated tensors
+    INPUT = "input"
+    PARAM = "param"
+    CONST = "const"
+    FULL = "full"          # a tensor filled with one value; shape may be symbolic
+    IOTA = "iota"          # index along one axis (i32); builds masks and one-hots
+    RAND = "rand"          # uniform [0, 1) keyed by (seed, stream, flat index)
+
+    # elementwise unary
+    NEG = "neg"
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    RSQRT = "rsqrt"
+    ABS = "abs"
+    RELU = "relu"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    ERF = "erf"
+    CAST = "cast"
+    NOT = "not"
+
+    # elementwise binary (NumPy broadcasting)
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    DIV = "div"
+    POW = "pow"
+    MAXIMUM = "maximum"
+    MINIMUM = "minimum"
+    LT = "lt"
+    LE = "le"
+    GT = "gt"
+    GE = "ge"
+    EQ = "eq"
+    NE = "ne"
+    AND = "and"
+    OR = "or"
+
+    # elementwise ternary
+    WHERE = "where"
+
+    # reductions over `axes`, with `keepdims`
+    SUM = "sum"
+    MEAN = "mean"
+    MAX = "max"
+    MIN = "min"
+    ARGMAX = "argmax"
+
+    # movement: no arithmetic, only index remapping
+    RESHAPE = "reshape"
+    PERMUTE = "permute"
+    EXPAND = "expand"
+    SLICE = "slice"
+    CONCAT = "concat"
+    INDEX = "index"        # x[..., i, ...] with a runtime scalar i (drops the axis)
+    GATHER = "gather"      # table[ids]: embedding lookup along axis 0
+
+    # compute
+    MATMUL = "matmul"
+    CONV2D = "conv2d"
+    MAX_POOL2D = "max_pool2d"
+    AVG_POOL2D = "avg_pool2d"
+
+    # structure: regions holding a body Graph; results are read with GET
+    CALL = "call"
+    LOOP = "loop"
+    GET = "get"
+
+
+LEAF = frozenset({Op.INPUT, Op.PARAM, Op.CONST, Op.FULL, Op.IOTA, Op.RAND})
+UNARY = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RSQRT, Op.ABS, Op.RELU,
+                   Op.SIGMOID, Op.TANH, Op.ERF, Op.CAST, Op.NOT})
+COMPARE = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})
+LOGICAL = frozenset({Op.AND, Op.OR})
+BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM,
+                    Op.MINIMUM}) | COMPARE | LOGICAL
+ELEMENTWISE = UNARY | BINARY | {Op.WHERE}
+REDUCE = frozenset({Op.SUM, Op.MEAN, Op.MAX, Op.MIN, Op.ARGMAX})
+MOVEMENT = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.CONCAT,
+                      Op.INDEX, Op.GATHER})
+COMPUTE = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D})
+REGION = frozenset({Op.CALL, Op.LOOP})
+COMMUTATIVE = frozenset({Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM, Op.EQ, Op.NE,
+                         Op.AND, Op.OR})

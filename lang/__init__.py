@@ -1,0 +1,1 @@
+"""The Ember language front end: grammar, AST and parser."""

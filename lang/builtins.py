@@ -1,0 +1,450 @@
+"""The builtin functions of the language.
+
+Primitives map to one IR op; composites (softmax, layer_norm, cross_entropy,
+dropout, ...) are written here from primitives, so later passes (autodiff,
+fusion) only need rules for primitives. docs/language.md lists which is which.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+from ember.ir import dims
+from ember.ir.dims import Dim
+from ember.ir.dtypes import DType
+from ember.ir.graph import ShapeError
+from ember.ir.loc import DSLError, Loc
+from ember.ir.ops import Op
+from ember.ir.shapes import normalize_axes
+
+from .exprs import as_tensor, binary
+from .values import Tensor, as_dim, describe
+
+BUILTINS: dict[str, Callable[..., Any]] = {}
+
+
+def builtin(fn: Callable[..., Any]) -> Callable[..., Any]:
+    BUILTINS[fn.__name__.rstrip("_")] = fn
+    return fn
+
+
+def call_builtin(em: Any, name: str, args: list[Any], kwargs: dict[str, Any], loc: Loc) -> Any:
+    fn = BUILTINS[name]
+    try:
+        inspect.signature(fn).bind(em, loc, *args, **kwargs)
+    except TypeError as e:
+        raise DSLError(f"bad arguments to {name}{signature(name)}: {e}", loc) from None
+    try:
+        return fn(em, loc, *args, **kwargs)
+    except ShapeError as e:
+        raise DSLError(f"{name}: {e}", loc) from None
+
+
+def signature(name: str) -> str:
+    params = list(inspect.signature(BUILTINS[name]).parameters.values())[2:]
+    return "(" + ", ".join(str(p) for p in params) + ")"
+
+
+# ---- argument helpers -------------------------------------------------------
+
+def _t(em: Any, v: Any, loc: Loc, like: Any = None) -> Tensor:
+    return as_tensor(em, v, like, loc)
+
+
+def _int(v: Any, what: str, loc: Loc) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise DSLError(f"{what} must be an int, found {describe(v)}", loc)
+    return v
+
+
+def _pair(v: Any, what: str, loc: Loc) -> tuple[int, int]:
+    if isinstance(v, tuple) and len(v) == 2:
+        return _int(v[0], what, loc), _int(v[1], what, loc)
+    n = _int(v, what, loc)
+    return n, n
+
+
+def _axes(em: Any, x: Tensor, axis: Any, loc: Loc) -> tuple[int, ...]:
+    rank = em.type(x).rank
+    if axis is None:
+        return tuple(range(rank))
+    raw = axis if isinstance(axis, tuple) else (axis,)
+    return normalize_axes(tuple(_int(a, "axis", loc) for a in raw), rank)
+
+
+def _shape_args(shape: tuple[Any, ...], loc: Loc) -> tuple[Dim, ...]:
+    if len(shape) == 1 and isinstance(shape[0], tuple):
+        shape = shape[0]
+    out = []
+    for d in shape:
+        v = as_dim(d)
+        if v is None:
+            raise DSLError(f"shape entries must be ints or dimensions, found {describe(d)}", loc)
+        out.append(v)
+    return tuple(out)
+
+
+def _fconst(em: Any, x: Tensor, value: float, loc: Loc) -> Tensor:
+    return em.const(value, em.type(x).dtype, loc)
+
+
+# ---- elementwise -------------------------------------------------------------
+
+def _unary_builtin(name: str, op: Op) -> None:
+    def fn(em: Any, loc: Loc, x: Any) -> Tensor:
+        return em.add(op, (_t(em, x, loc),), {}, loc)
+    fn.__name__ = name
+    builtin(fn)
+
+
+for _name, _op in [("exp", Op.EXP), ("log", Op.LOG), ("sqrt", Op.SQRT), ("rsqrt", Op.RSQRT),
+                   ("abs", Op.ABS), ("relu", Op.RELU), ("sigmoid", Op.SIGMOID),
+                   ("tanh", Op.TANH), ("erf", Op.ERF), ("neg", Op.NEG),
+                   ("logical_not", Op.NOT)]:
+    _unary_builtin(_name, _op)
+
+
+def _binary_builtin(name: str, op: Op) -> None:
+    def fn(em: Any, loc: Loc, a: Any, b: Any) -> Tensor:
+        ta, tb = _t(em, a, loc, b), _t(em, b, loc, a)
+        return em.add(op, (ta, tb), {}, loc)
+    fn.__name__ = name
+    builtin(fn)
+
+
+for _name, _op in [("add", Op.ADD), ("sub", Op.SUB), ("mul", Op.MUL), ("div", Op.DIV),
+                   ("pow", Op.POW), ("maximum", Op.MAXIMUM), ("minimum", Op.MINIMUM),
+                   ("matmul", Op.MATMUL), ("logical_and", Op.AND), ("logical_or", Op.OR)]:
+    _binary_builtin(_name, _op)
+
+
+@builtin
+def where(em: Any, loc: Loc, cond: Any, a: Any, b: Any) -> Tensor:
+    c = _t(em, cond, loc)
+    ta = _t(em, a, loc, b if isinstance(b, Tensor) else None)
+    return em.add(Op.WHERE, (c, ta, _t(em, b, loc, ta)), {}, loc)
+
+
+@builtin
+def gelu(em: Any, loc: Loc, x: Any) -> Tensor:
+    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), as torch's default."""
+    x = _t(em, x, loc)
+    inner = em.add(Op.ERF, (em.add(Op.MUL, (x, _fconst(em, x, 1 / math.sqrt(2), loc)), {}, loc),),
+                   {}, loc)
+    one_plus = em.add(Op.ADD, (inner, _fconst(em, x, 1.0, loc)), {}, loc)
+    half_x = em.add(Op.MUL, (x, _fconst(em, x, 0.5, loc)), {}, loc)
+    return em.add(Op.MUL, (half_x, one_plus), {}, loc)
+
+
+@builtin
+def to_float(em: Any, loc: Loc, x: Any) -> Tensor:
+    return em.add(Op.CAST, (_t(em, x, loc),), {"dtype": em.float_dtype}, loc)
+
+
+# ---- reductions -----------------------------------------------------------------
+
+def _reduce_builtin(name: str, op: Op) -> None:
+    def fn(em: Any, loc: Loc, x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+        x = _t(em, x, loc)
+        return em.add(op, (x,), {"axes": _axes(em, x, axis, loc), "keepdims": bool(keepdims)},
+                      loc)
+    fn.__name__ = name
+    builtin(fn)
+
+
+for _name, _op in [("sum", Op.SUM), ("mean", Op.MEAN), ("max", Op.MAX), ("min", Op.MIN)]:
+    _reduce_builtin(_name, _op)
+
+
+@builtin
+def argmax(em: Any, loc: Loc, x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
+    x = _t(em, x, loc)
+    return em.add(Op.ARGMAX, (x,), {"axes": _axes(em, x, axis, loc),
+                                    "keepdims": bool(keepdims)}, loc)
+
+
+def _reduce(em: Any, op: Op, x: Tensor, axes: tuple[int, ...], loc: Loc) -> Tensor:
+    return em.add(op, (x,), {"axes": axes, "keepdims": True}, loc)
+
+
+# ---- shapes -----------------------------------------------------------------------
+
+@builtin
+def reshape(em: Any, loc: Loc, x: Any, *shape: Any) -> Tensor:
+    x = _t(em, x, loc)
+    target = _resolve_minus_one(em.type(x).shape, _shape_args(shape, loc), loc)
+    return em.add(Op.RESHAPE, (x,), {"shape": target}, loc)
+
+
+def _resolve_minus_one(src: tuple[Dim, ...], target: tuple[Dim, ...], loc: Loc) -> tuple[Dim, ...]:
+    if target.count(-1) > 1:
+        raise DSLError("reshape accepts at most one -1", loc)
+    if -1 not in target:
+        return target
+    known = dims.prod(tuple(d for d in target if d != -1))
+    rest = dims.div(dims.prod(src), known)
+    if rest is None:
+        raise DSLError(f"cannot infer -1 in reshape of {dims.fmt(src)} to {dims.fmt(target)}",
+                       loc)
+    return tuple(rest if d == -1 else d for d in target)
+
+
+@builtin
+def permute(em: Any, loc: Loc, x: Any, *perm: Any) -> Tensor:
+    x = _t(em, x, loc)
+    rank = em.type(x).rank
+    p = tuple(_int(a, "axis", loc) % max(rank, 1) for a in perm)
+    return em.add(Op.PERMUTE, (x,), {"perm": p}, loc)
+
+
+@builtin
+def transpose(em: Any, loc: Loc, x: Any, a: int = -2, b: int = -1) -> Tensor:
+    x = _t(em, x, loc)
+    rank = em.type(x).rank
+    i, j = normalize_axes((a,), rank)[0], normalize_axes((b,), rank)[0]
+    perm = list(range(rank))
+    perm[i], perm[j] = perm[j], perm[i]
+    return em.add(Op.PERMUTE, (x,), {"perm": tuple(perm)}, loc)
+
+
+@builtin
+def broadcast(em: Any, loc: Loc, x: Any, *shape: Any) -> Tensor:
+    return em.add(Op.EXPAND, (_t(em, x, loc),), {"shape": _shape_args(shape, loc)}, loc)
+
+
+@builtin
+def concat(em: Any, loc: Loc, *xs: Any, axis: int = 0) -> Tensor:
+    if not xs:
+        raise DSLError("concat needs at least one tensor", loc)
+    ts = tuple(_t(em, x, loc) for x in xs)
+    ax = normalize_axes((axis,), em.type(ts[0]).rank)[0]
+    return em.add(Op.CONCAT, ts, {"axis": ax}, loc)
+
+
+@builtin
+def split(em: Any, loc: Loc, x: Any, parts: int, axis: int = -1) -> tuple[Tensor, ...]:
+    x = _t(em, x, loc)
+    shape = em.type(x).shape
+    ax = normalize_axes((axis,), len(shape))[0]
+    size = shape[ax]
+    if not isinstance(size, int) or _int(parts, "parts", loc) < 1 or size % parts:
+        raise DSLError(f"split: axis {ax} of size {size} is not divisible into {parts} parts",
+                       loc)
+    step = size // parts
+    return tuple(_slice_axis(em, x, ax, k * step, (k + 1) * step, loc) for k in range(parts))
+
+
+def _slice_axis(em: Any, x: Tensor, axis: int, start: int, stop: int, loc: Loc) -> Tensor:
+    shape = em.type(x).shape
+    starts = tuple(start if i == axis else 0 for i in range(len(shape)))
+    stops = tuple(stop if i == axis else d for i, d in enumerate(shape))
+    return em.add(Op.SLICE, (x,), {"starts": starts, "stops": stops,
+                                   "steps": (1,) * len(shape)}, loc)
+
+
+@builtin
+def flatten(em: Any, loc: Loc, x: Any, start: int = 1) -> Tensor:
+    x = _t(em, x, loc)
+    shape = em.type(x).shape
+    s = normalize_axes((start,), len(shape))[0]
+    return em.add(Op.RESHAPE, (x,), {"shape": shape[:s] + (dims.prod(shape[s:]),)}, loc)
+
+
+@builtin
+def squeeze(em: Any, loc: Loc, x: Any, axis: int) -> Tensor:
+    x = _t(em, x, loc)
+    shape = em.type(x).shape
+    ax = normalize_axes((axis,), len(shape))[0]
+    if shape[ax] != 1:
+        raise DSLError(f"squeeze: axis {ax} has size {shape[ax]}, expected 1", loc)
+    return em.add(Op.RESHAPE, (x,), {"shape": shape[:ax] + shape[ax + 1:]}, loc)
+
+
+@builtin
+def unsqueeze(em: Any, loc: Loc, x: Any, axis: int) -> Tensor:
+    x = _t(em, x, loc)
+    shape = em.type(x).shape
+    ax = normalize_axes((axis,), len(shape) + 1)[0]
+    return em.add(Op.RESHAPE, (x,), {"shape": shape[:ax] + (1,) + shape[ax:]}, loc)
+
+
+# ---- creation -----------------------------------------------------------------------
+
+@builtin
+def zeros(em: Any, loc: Loc, *shape: Any) -> Tensor:
+    return full(em, loc, 0.0, *shape)
+
+
+@builtin
+def ones(em: Any, loc: Loc, *shape: Any) -> Tensor:
+    return full(em, loc, 1.0, *shape)
+
+
+@builtin
+def full(em: Any, loc: Loc, value: float, *shape: Any) -> Tensor:
+    if not isinstance(value, (int, float)):
+        raise DSLError(f"full: the fill value must be a number, found {describe(value)}", loc)
+    return em.add(Op.FULL, (), {"value": float(value), "shape": _shape_args(shape, loc),
+                                "dtype": em.float_dtype}, loc)
+
+
+@builtin
+def arange(em: Any, loc: Loc, n: Any) -> Tensor:
+    return em.add(Op.IOTA, (), {"shape": _shape_args((n,), loc), "axis": 0,
+                                "dtype": DType.I32}, loc)
+
+
+@builtin
+def causal_mask(em: Any, loc: Loc, n: Any) -> Tensor:
+    """[n, n] bool, true where the key index <= the query index."""
+    shape = _shape_args((n, n), loc)
+    rows = em.add(Op.IOTA, (), {"shape": shape, "axis": 0, "dtype": DType.I32}, loc)
+    cols = em.add(Op.IOTA, (), {"shape": shape, "axis": 1, "dtype": DType.I32}, loc)
+    return em.add(Op.GE, (rows, cols), {}, loc)
+
+
+# ---- networks ---------------------------------------------------------------------
+
+@builtin
+def softmax(em: Any, loc: Loc, x: Any, axis: int = -1) -> Tensor:
+    x = _t(em, x, loc)
+    ax = _axes(em, x, axis, loc)
+    e = em.add(Op.EXP, (_center(em, x, ax, loc),), {}, loc)
+    return em.add(Op.DIV, (e, _reduce(em, Op.SUM, e, ax, loc)), {}, loc)
+
+
+def _center(em: Any, x: Tensor, ax: tuple[int, ...], loc: Loc) -> Tensor:
+    """x - max(x): the shift that keeps exp from overflowing."""
+    return em.add(Op.SUB, (x, _reduce(em, Op.MAX, x, ax, loc)), {}, loc)
+
+
+@builtin
+def log_softmax(em: Any, loc: Loc, x: Any, axis: int = -1) -> Tensor:
+    x = _t(em, x, loc)
+    ax = _axes(em, x, axis, loc)
+    s = _center(em, x, ax, loc)
+    total = _reduce(em, Op.SUM, em.add(Op.EXP, (s,), {}, loc), ax, loc)
+    return em.add(Op.SUB, (s, em.add(Op.LOG, (total,), {}, loc)), {}, loc)
+
+
+@builtin
+def layer_norm(em: Any, loc: Loc, x: Any, weight: Any, bias: Any, eps: float = 1e-5) -> Tensor:
+    """Normalize over the last axis (biased variance), then scale and shift."""
+    x = _t(em, x, loc)
+    normed = _normalize(em, x, (em.type(x).rank - 1,), None, eps, loc)
+    return _affine(em, normed, weight, bias, loc)
+
+
+def _normalize(em: Any, x: Tensor, axes: tuple[int, ...], stats: tuple[Tensor, Tensor] | None,
+               eps: float, loc: Loc) -> Tensor:
+    if stats is None:
+        mu = _reduce(em, Op.MEAN, x, axes, loc)
+        d = em.add(Op.SUB, (x, mu), {}, loc)
+        var = _reduce(em, Op.MEAN, em.add(Op.MUL, (d, d), {}, loc), axes, loc)
+    else:
+        mu, var = stats
+        d = em.add(Op.SUB, (x, mu), {}, loc)
+    inv = em.add(Op.RSQRT, (em.add(Op.ADD, (var, _fconst(em, x, eps, loc)), {}, loc),), {}, loc)
+    return em.add(Op.MUL, (d, inv), {}, loc)
+
+
+def _affine(em: Any, x: Tensor, weight: Any, bias: Any, loc: Loc) -> Tensor:
+    scaled = em.add(Op.MUL, (x, _t(em, weight, loc, x)), {}, loc)
+    return em.add(Op.ADD, (scaled, _t(em, bias, loc, x)), {}, loc)
+
+
+@builtin
+def batch_norm(em: Any, loc: Loc, x: Any, weight: Any, bias: Any, running_mean: Any,
+               running_var: Any, eps: float = 1e-5) -> Tensor:
+    """Per-channel (axis 1) normalization: batch statistics when training,
+    running statistics in eval mode."""
+    x = _t(em, x, loc)
+    rank = em.type(x).rank
+    if rank < 2:
+        raise DSLError(f"batch_norm expects [N, C, ...], found {em.type(x)}", loc)
+    channel = (1, em.type(x).shape[1]) + (1,) * (rank - 2)
+    axes = tuple(a for a in range(rank) if a != 1)
+    stats = None
+    if not em.train:
+        stats = tuple(em.add(Op.RESHAPE, (_t(em, s, loc, x),), {"shape": channel}, loc)
+                      for s in (running_mean, running_var))
+    normed = _normalize(em, x, axes, stats, eps, loc)
+    w, b = (em.add(Op.RESHAPE, (_t(em, p, loc, x),), {"shape": channel}, loc)
+            for p in (weight, bias))
+    return _affine(em, normed, w, b, loc)
+
+
+@builtin
+def dropout(em: Any, loc: Loc, x: Any, p: float = 0.5) -> Tensor:
+    """Identity in eval mode; when training, keep each element with probability 1-p
+    (mask drawn by RAND, see runtime/rand.py) and scale kept ones by 1/(1-p)."""
+    x = _t(em, x, loc)
+    if not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise DSLError(f"dropout probability must be in [0, 1), found {p}", loc)
+    if not em.train or p == 0:
+        return x
+    shape = em.type(x).shape
+    u = em.add(Op.RAND, (), {"shape": shape, "stream": em.new_stream()}, loc)
+    keep = em.add(Op.GE, (u, em.const(float(p), DType.F32, loc)), {}, loc)
+    scaled = em.add(Op.MUL, (x, _fconst(em, x, 1.0 / (1.0 - p), loc)), {}, loc)
+    return em.add(Op.WHERE, (keep, scaled, _fconst(em, x, 0.0, loc)), {}, loc)
+
+
+@builtin
+def conv2d(em: Any, loc: Loc, x: Any, w: Any, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: int = 1) -> Tensor:
+    attrs = {"stride": _pair(stride, "stride", loc), "padding": _pair(padding, "padding", loc),
+             "dilation": _pair(dilation, "dilation", loc), "groups": _int(groups, "groups", loc)}
+    return em.add(Op.CONV2D, (_t(em, x, loc), _t(em, w, loc)), attrs, loc)
+
+
+def _pool_builtin(name: str, op: Op) -> None:
+    def fn(em: Any, loc: Loc, x: Any, kernel: Any, stride: Any = None,
+           padding: Any = 0) -> Tensor:
+        k = _pair(kernel, "kernel", loc)
+        attrs = {"kernel": k, "stride": k if stride is None else _pair(stride, "stride", loc),
+                 "padding": _pair(padding, "padding", loc)}
+        return em.add(op, (_t(em, x, loc),), attrs, loc)
+    fn.__name__ = name
+    builtin(fn)
+
+
+_pool_builtin("max_pool2d", Op.MAX_POOL2D)
+_pool_builtin("avg_pool2d", Op.AVG_POOL2D)
+
+
+@builtin
+def embedding(em: Any, loc: Loc, table: Any, ids: Any) -> Tensor:
+    return em.add(Op.GATHER, (_t(em, table, loc), _t(em, ids, loc)), {}, loc)
+
+
+@builtin
+def one_hot(em: Any, loc: Loc, labels: Any, n: int) -> Tensor:
+    y = _t(em, labels, loc)
+    shape = em.type(y).shape
+    classes = em.add(Op.IOTA, (), {"shape": (1,) * len(shape) + (_int(n, "n", loc),),
+                                   "axis": len(shape), "dtype": em.type(y).dtype}, loc)
+    col = em.add(Op.RESHAPE, (y,), {"shape": shape + (1,)}, loc)
+    hot = em.add(Op.EQ, (col, classes), {}, loc)
+    return em.add(Op.CAST, (hot,), {"dtype": em.float_dtype}, loc)
+
+
+@builtin
+def cross_entropy(em: Any, loc: Loc, logits: Any, labels: Any) -> Tensor:
+    """Mean over all positions of -log softmax(logits)[label], classes on the last axis."""
+    z = _t(em, logits, loc)
+    t = em.type(z)
+    hot = one_hot(em, loc, labels, t.shape[-1])
+    picked = em.add(Op.SUM, (em.add(Op.MUL, (log_softmax(em, loc, z), hot), {}, loc),),
+                    {"axes": (t.rank - 1,), "keepdims": False}, loc)
+    loss = em.add(Op.MEAN, (picked,), {"axes": tuple(range(t.rank - 1)), "keepdims": False}, loc)
+    return em.add(Op.NEG, (loss,), {}, loc)
+
+
+@builtin
+def mse(em: Any, loc: Loc, pred: Any, target: Any) -> Tensor:
+    d = binary(em, "-", pred, target, loc)
+    sq = em.add(Op.MUL, (d, d), {}, loc)
+    return em.add(Op.MEAN, (sq,), {"axes": tuple(range(em.type(sq).rank)), "keepdims": False}, loc)

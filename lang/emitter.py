@@ -1,0 +1,121 @@
+"""The Emitter: builds one Graph while lowering one function body.
+
+It owns the Builder, the lexical scope, and (for loop bodies) the link to the
+enclosing emitter, through which outer tensors are captured as body inputs.
+Builtins (lang/builtins.py) build IR only through this small API.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ember.ir.dtypes import DType
+from ember.ir.graph import Builder, TensorType
+from ember.ir.loc import DSLError, Loc
+from ember.ir.ops import Op
+
+from .values import Instance, Tensor
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the lowering is specialised for."""
+
+    train: bool = False      # dropout active, batch norm uses batch statistics
+    float64: bool = False    # f32 annotations mean float64 (oracle precision runs)
+
+
+@dataclass
+class Emitter:
+    builder: Builder
+    ctx: Any                                  # lower.Context (globals, options)
+    instance: Instance | None
+    vars: dict[str, Any] = field(default_factory=dict)
+    outer: "Emitter | None" = None
+    captures: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    param_nodes: dict[str, Tensor] = field(default_factory=dict)
+
+    # ---- building -------------------------------------------------------
+    def add(self, op: Op, srcs: tuple[Tensor, ...] = (), attrs: dict[str, Any] | None = None,
+            loc: Loc | None = None) -> Tensor:
+        ids = tuple(s.id for s in srcs)
+        return Tensor(self.builder.add(op, ids, attrs or {}, loc or self.ctx.loc))
+
+    def type(self, t: Tensor) -> TensorType:
+        return self.builder.type_of(t.id)
+
+    def const(self, value: float | int | bool, dtype: DType, loc: Loc) -> Tensor:
+        value = bool(value) if dtype is DType.BOOL else (
+            float(value) if dtype.is_float else int(value))
+        return self.add(Op.CONST, (), {"value": value, "dtype": dtype}, loc)
+
+    @property
+    def float_dtype(self) -> DType:
+        return DType.F64 if self.ctx.options.float64 else DType.F32
+
+    @property
+    def train(self) -> bool:
+        return bool(self.ctx.options.train)
+
+    def new_stream(self) -> str:
+        """A name for a random stream, unique within this function."""
+        self.ctx.streams += 1
+        return f"rand{self.ctx.streams}"
+
+    # ---- names ----------------------------------------------------------
+    def lookup(self, name: str, loc: Loc, extra: Callable[[], list[str]] = list) -> Any:
+        found = self.find(name)
+        if found is MISSING:
+            raise DSLError(f"unknown name '{name}'", loc, _suggest(name, self.visible() + extra()))
+        return found
+
+    def find(self, name: str) -> Any:
+        if name in self.vars:
+            return self.vars[name]
+        if self.outer is not None:
+            v = self.outer.find(name)
+            if isinstance(v, Tensor):
+                v = self.capture(name, v)
+            return v
+        if self.instance is not None and name in self.instance.params:
+            return self.param(name)
+        if self.instance is not None and name in self.instance.scope:
+            return self.instance.scope[name]
+        return self.ctx.globals.get(name, MISSING)
+
+    def param(self, name: str) -> Tensor:
+        """The PARAM node for a parameter of this instance (one per graph)."""
+        from .params import param_node
+        if name not in self.param_nodes:
+            self.param_nodes[name] = param_node(self, self.instance.params[name])
+        return self.param_nodes[name]
+
+    def capture(self, name: str, outer: Tensor) -> Tensor:
+        """Make an outer tensor visible in a loop body as a new body input."""
+        t = self.outer.type(outer) if self.outer else None
+        inner = self.add(Op.INPUT, (), {"name": name, "shape": t.shape, "dtype": t.dtype})
+        self.captures.append((outer, inner))
+        self.vars[name] = inner
+        return inner
+
+    def visible(self) -> list[str]:
+        names = list(self.vars)
+        if self.outer is not None:
+            names += self.outer.visible()
+        if self.instance is not None:
+            names += list(self.instance.scope) + list(self.instance.params)
+        return names + list(self.ctx.globals)
+
+
+class _Missing:
+    pass
+
+
+MISSING = _Missing()
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""

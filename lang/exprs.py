@@ -1,0 +1,190 @@
+"""Lowering of expressions to compile-time values and IR nodes.
+
+Python numbers fold at compile time; a number meeting a tensor becomes a CONST
+of the tensor's dtype (a float never silently becomes an int); symbolic dims
+support `*` and exact `//` so shapes like `B*T` or `D//heads` can be written.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+from ember.ir.dtypes import DType
+from ember.ir.loc import DSLError, Loc
+from ember.ir.ops import Op
+
+from . import ast
+from .values import DimVal, Instance, Method, Tensor, as_dim, describe, dim_arith, dim_value
+
+TENSOR_BINOPS = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "**": Op.POW,
+                 "@": Op.MATMUL, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE,
+                 "==": Op.EQ, "!=": Op.NE}
+PY_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "//": operator.floordiv, "%": operator.mod, "**": operator.pow, "<": operator.lt,
+    "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
+    "!=": operator.ne}
+
+
+def eval_expr(em: Any, e: ast.Expr) -> Any:
+    """The compile-time value of an expression, emitting IR for tensor parts."""
+    return _RULES[type(e)](em, e)
+
+
+def _num(em: Any, e: ast.Num) -> Any:
+    return e.value
+
+
+def _name(em: Any, e: ast.Name) -> Any:
+    from .builtins import BUILTINS
+    v = em.find(e.id)
+    if v is _missing():
+        if e.id in BUILTINS:
+            raise DSLError(f"builtin '{e.id}' must be called, e.g. {e.id}(...)", e.loc)
+        em.lookup(e.id, e.loc)
+    return v
+
+
+def _missing() -> Any:
+    from .emitter import MISSING
+    return MISSING
+
+
+def _tuple(em: Any, e: ast.TupleExpr) -> tuple[Any, ...]:
+    return tuple(eval_expr(em, x) for x in e.items)
+
+
+def _unary(em: Any, e: ast.UnaryOp) -> Any:
+    v = eval_expr(em, e.operand)
+    if isinstance(v, Tensor):
+        return em.add(Op.NEG, (v,), {}, e.loc)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return -v
+    raise DSLError(f"cannot negate {describe(v)}", e.loc)
+
+
+def _binop(em: Any, e: ast.BinOp) -> Any:
+    return binary(em, e.op, eval_expr(em, e.lhs), eval_expr(em, e.rhs), e.loc)
+
+
+def binary(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
+    """Apply a binary operator to two values of any kind."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return _tensor_binop(em, op, a, b, loc)
+    if isinstance(a, DimVal) or isinstance(b, DimVal):
+        da, db = as_dim(a), as_dim(b)
+        out = dim_arith(op, da, db) if da is not None and db is not None else None
+        if out is None:
+            raise DSLError(f"cannot compute {a} {op} {b} on dimensions (only '*' and exact "
+                           f"'//' are supported)", loc)
+        return dim_value(out)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        try:
+            return PY_BINOPS[op](a, b)
+        except ZeroDivisionError:
+            raise DSLError(f"division by zero in {a} {op} {b}", loc) from None
+    raise DSLError(f"operator '{op}' does not apply to {describe(a)} and {describe(b)}", loc)
+
+
+def _tensor_binop(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Tensor:
+    if op not in TENSOR_BINOPS:
+        raise DSLError(f"operator '{op}' applies to ints only, found a tensor", loc)
+    ta, tb = as_tensor(em, a, b, loc), as_tensor(em, b, a, loc)
+    return em.add(TENSOR_BINOPS[op], (ta, tb), {}, loc)
+
+
+def as_tensor(em: Any, v: Any, like: Any, loc: Loc) -> Tensor:
+    """v as a tensor; a Python number takes the dtype of the tensor `like`."""
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, bool):
+        return em.const(v, DType.BOOL, loc)
+    if not isinstance(v, (int, float)):
+        raise DSLError(f"expected a tensor or a number, found {describe(v)}", loc)
+    dtype = em.type(like).dtype if isinstance(like, Tensor) else (
+        em.float_dtype if isinstance(v, float) else DType.I32)
+    if isinstance(v, float) and not dtype.is_float:
+        raise DSLError(f"the float {v} cannot be combined with an integer tensor "
+                       f"({em.type(like)})", loc)
+    return em.const(v, dtype, loc)
+
+
+def _attr(em: Any, e: ast.Attr) -> Any:
+    obj = eval_expr(em, e.value)
+    if isinstance(obj, Instance) and e.name in obj.scope:
+        return obj.scope[e.name]
+    if isinstance(obj, Instance) and e.name in obj.params:
+        raise DSLError(f"parameter '{e.name}' of '{obj.path}' is private to its layer", e.loc)
+    raise DSLError(f"{describe(obj)} has no member '{e.name}'", e.loc)
+
+
+def _call(em: Any, e: ast.Call) -> Any:
+    from .builtins import call_builtin
+    from .lower import call_function
+    target = _callee(em, e.fn)
+    args = [eval_expr(em, a) for a in e.args]
+    kwargs = {k: eval_expr(em, v) for k, v in e.kwargs}
+    if isinstance(target, str):
+        return call_builtin(em, target, args, kwargs, e.loc)
+    if kwargs:
+        raise DSLError(f"function '{target.fn.name}' takes positional arguments only", e.loc)
+    results = call_function(em, target, args, e.loc, _prefix(em, target))
+    return results[0] if len(results) == 1 else results
+
+
+def _callee(em: Any, fn: ast.Expr) -> Method | str:
+    """The user function a call expression names, or a builtin's name."""
+    from .builtins import BUILTINS
+    if isinstance(fn, ast.Name) and em.find(fn.id) is _missing():
+        if fn.id in BUILTINS:
+            return fn.id
+        em.lookup(fn.id, fn.loc, lambda: list(BUILTINS))
+    target = eval_expr(em, fn)
+    if isinstance(target, Instance):
+        if "forward" not in target.fns:
+            raise DSLError(f"layer '{target.layer.name}' has no 'forward' to call", fn.loc)
+        return Method(target.fns["forward"], target)
+    if not isinstance(target, Method):
+        raise DSLError(f"{describe(target)} is not callable", fn.loc)
+    return target
+
+
+def _prefix(em: Any, target: Method) -> str:
+    """The callee's parameter prefix relative to the caller's instance."""
+    if target.instance is None:
+        return ""
+    here = em.instance.path if em.instance else ""
+    there = target.instance.path
+    return there if not here else there[len(here) + 1:]
+
+
+def _index(em: Any, e: ast.Index) -> Any:
+    from .indexing import index_tensor
+    base = eval_expr(em, e.value)
+    if isinstance(base, Tensor):
+        return index_tensor(em, base, e)
+    if isinstance(base, (list, tuple)) and len(e.items) == 1:
+        k = eval_expr(em, e.items[0]) if not isinstance(e.items[0], ast.Slice) else None
+        if isinstance(k, int) and -len(base) <= k < len(base):
+            return base[k]
+        raise DSLError(f"index must be an int in [-{len(base)}, {len(base)}), found "
+                       f"{describe(k) if k is not None else 'a slice'}", e.loc)
+    raise DSLError(f"{describe(base)} cannot be indexed", e.loc)
+
+
+def tensor_results(em: Any, ret: ast.Return) -> tuple[Tensor, ...]:
+    values = [eval_expr(em, v) for v in ret.values]
+    if len(values) == 1 and isinstance(values[0], tuple):
+        values = list(values[0])
+    for v, expr in zip(values, ret.values * len(values)):
+        if not isinstance(v, Tensor):
+            raise DSLError(f"functions return tensors, found {describe(v)}", expr.loc)
+    return tuple(values)
+
+
+_RULES: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Num: _num, ast.Bool: _num, ast.Name: _name, ast.TupleExpr: _tuple,
+    ast.UnaryOp: _unary, ast.BinOp: _binop, ast.Attr: _attr, ast.Call: _call,
+    ast.Index: _index,
+}

@@ -1,0 +1,275 @@
+"""Lowering: AST -> IR Graph for one entry function of a model.
+
+The walk is an abstract interpreter: every expression is evaluated to a
+compile-time value (lang/values.py); tensor values become IR nodes whose types
+the Builder infers as they are added, so shape errors surface at the DSL
+location that caused them. Calls to user functions become CALL regions holding
+the callee lowered for the argument types at that call site (the `inline` pass
+splices them in); `for t in range(n)` becomes a LOOP region; `for blk in
+blocks` over a layer array is unrolled here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.ir.dims import Dim, fmt
+from ember.ir.dtypes import DType
+from ember.ir.graph import Builder, Graph, TensorType
+from ember.ir.loc import UNKNOWN, DSLError, Loc
+from ember.ir.ops import Op
+
+from . import ast
+from .emitter import MISSING, Emitter, Options
+from .exprs import eval_expr, tensor_results
+from .values import Instance, Method, Tensor, as_dim, describe, dim_value
+
+SCALAR_TYPES = {"int": int, "float": float}
+
+
+@dataclass
+class Context:
+    """Program-wide state of one lowering."""
+
+    program: ast.Program
+    options: Options
+    globals: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, ast.LayerDef] = field(default_factory=dict)
+    streams: int = 0
+    loc: Loc = UNKNOWN
+
+
+def lower(program: ast.Program, entry: str = "forward", options: Options = Options()) -> Graph:
+    """Lower `model.<entry>` of a parsed program to an IR Graph (with regions)."""
+    ctx = Context(program, options)
+    model = _collect_globals(ctx)
+    root = instantiate(ctx, model, "", (), (), model.loc)
+    if entry not in root.fns:
+        raise DSLError(f"model '{model.name}' has no function '{entry}'", model.loc,
+                       f"functions: {', '.join(sorted(root.fns)) or 'none'}")
+    return lower_entry(ctx, Method(root.fns[entry], root))
+
+
+def _collect_globals(ctx: Context) -> ast.LayerDef:
+    models = []
+    for item in ctx.program.items:
+        if isinstance(item, ast.LayerDef):
+            ctx.layers[item.name] = item
+            if item.is_model:
+                models.append(item)
+        elif isinstance(item, ast.FnDef):
+            ctx.globals[item.name] = Method(item, None)
+        else:
+            ctx.globals[item.name] = _static_value(ctx, item.value, {})
+    if len(models) != 1:
+        where = models[1].loc if len(models) > 1 else Loc(ctx.program.file, 1, 1)
+        raise DSLError(f"a program must define exactly one model, found {len(models)}", where)
+    return models[0]
+
+
+def _static_value(ctx: Context, expr: ast.Expr, scope: dict[str, Any]) -> Any:
+    """Evaluate a constant expression (consts, hyperparameters, counts)."""
+    em = Emitter(Builder("<const>"), ctx, None, dict(scope))
+    v = eval_expr(em, expr)
+    if isinstance(v, Tensor):
+        raise DSLError("expected a constant (int or float), found a tensor expression", expr.loc)
+    return v
+
+
+def instantiate(ctx: Context, layer: ast.LayerDef, path: str, args: tuple[ast.Expr, ...],
+                kwargs: tuple[tuple[str, ast.Expr], ...], loc: Loc,
+                caller: dict[str, Any] | None = None) -> Instance:
+    """Create a layer instance: bind hyperparameters, declare params and sub-layers."""
+    inst = Instance(layer, path)
+    inst.scope.update(_bind_hparams(ctx, layer, args, kwargs, loc, caller or {}))
+    for m in layer.members:
+        if isinstance(m, ast.ConstDef):
+            inst.scope[m.name] = _static_value(ctx, m.value, inst.scope)
+        elif isinstance(m, ast.ParamDef):
+            inst.params[m.name] = m
+        elif isinstance(m, ast.FnDef):
+            inst.fns[m.name] = m
+            inst.scope[m.name] = Method(m, inst)
+        else:
+            inst.scope[m.name] = _sublayer(ctx, inst, m)
+    return inst
+
+
+def _bind_hparams(ctx: Context, layer: ast.LayerDef, args: tuple[ast.Expr, ...],
+                  kwargs: tuple[tuple[str, ast.Expr], ...], loc: Loc,
+                  caller: dict[str, Any]) -> dict[str, Any]:
+    names = [h.name for h in layer.hparams]
+    if len(args) > len(names):
+        raise DSLError(f"layer '{layer.name}' takes {len(names)} hyperparameters, "
+                       f"found {len(args)}", loc)
+    given = dict(zip(names, args)) | dict(kwargs)
+    bound = {}
+    for h in layer.hparams:
+        if h.name not in given:
+            raise DSLError(f"layer '{layer.name}' needs hyperparameter '{h.name}'", loc)
+        bound[h.name] = _static_value(ctx, given.pop(h.name), caller)
+    if given:
+        raise DSLError(f"layer '{layer.name}' has no hyperparameter '{next(iter(given))}'", loc,
+                       f"hyperparameters: {', '.join(names) or 'none'}")
+    return bound
+
+
+def _sublayer(ctx: Context, inst: Instance, m: ast.SubLayerDef) -> Instance | list[Instance]:
+    if m.layer not in ctx.layers or ctx.layers[m.layer].is_model:
+        raise DSLError(f"unknown layer type '{m.layer}'", m.loc,
+                       _known(m.layer, [n for n, d in ctx.layers.items() if not d.is_model]))
+    layer = ctx.layers[m.layer]
+    path = f"{inst.path}.{m.name}" if inst.path else m.name
+    if m.count is None:
+        return instantiate(ctx, layer, path, m.args, m.kwargs, m.loc, inst.scope)
+    count = _static_value(ctx, m.count, inst.scope)
+    if not isinstance(count, int) or count < 1:
+        raise DSLError(f"a layer array needs a positive int count, found {count}", m.count.loc)
+    return [instantiate(ctx, layer, f"{path}.{k}", m.args, m.kwargs, m.loc, inst.scope)
+            for k in range(count)]
+
+
+def _known(name: str, names: list[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"known layers: {', '.join(names)}"
+
+
+# ---- functions ------------------------------------------------------------
+
+def lower_entry(ctx: Context, method: Method) -> Graph:
+    """An entry function: its dims are fresh symbols, its args graph inputs."""
+    em = _function_emitter(ctx, method)
+    inputs = []
+    for a in method.fn.args:
+        t = resolve_type(em, a.type, {}, fresh=True)
+        if isinstance(t, TensorType):
+            node = em.add(Op.INPUT, (), {"name": a.name, "shape": t.shape, "dtype": t.dtype},
+                          a.loc)
+            inputs.append(node.id)
+            em.vars[a.name] = node
+        else:
+            raise DSLError(f"entry function arguments must be tensors, '{a.name}' is {a.type.dtype}",
+                           a.loc)
+    outs = run_body(em, method.fn)
+    names = tuple(f"out{k}" for k in range(len(outs))) if len(outs) > 1 else (method.fn.name,)
+    return em.builder.build(tuple(inputs), tuple(o.id for o in outs), names)
+
+
+def _function_emitter(ctx: Context, method: Method) -> Emitter:
+    owner = f"{method.instance.layer.name}." if method.instance else ""
+    return Emitter(Builder(owner + method.fn.name), ctx, method.instance)
+
+
+def call_function(em: Emitter, method: Method, args: list[Any], loc: Loc,
+                  prefix: str) -> tuple[Tensor, ...]:
+    """Lower a user function for these argument types; emit a CALL region for it."""
+    fn = method.fn
+    if len(args) != len(fn.args):
+        raise DSLError(f"function '{fn.name}' takes {len(fn.args)} arguments, found {len(args)}",
+                       loc)
+    callee = _function_emitter(em.ctx, method)
+    tensor_args, binds = [], {}
+    for a, v in zip(fn.args, args):
+        _bind_arg(em, callee, a, v, binds, tensor_args)
+    outs = run_body(callee, fn)
+    body = callee.builder.build(tuple(i.id for _, i in tensor_args), tuple(o.id for o in outs))
+    attrs = {"fn": callee.builder.name, "prefix": prefix, "body": body}
+    call = em.add(Op.CALL, tuple(o for o, _ in tensor_args), attrs, loc)
+    return tuple(em.add(Op.GET, (call,), {"index": k}, loc) for k in range(len(outs)))
+
+
+def _bind_arg(em: Emitter, callee: Emitter, a: ast.Arg, v: Any, binds: dict[str, Dim],
+              tensor_args: list[tuple[Tensor, Tensor]]) -> None:
+    if a.type.dtype in SCALAR_TYPES:
+        if isinstance(v, Tensor) or not isinstance(v, (int, float)):
+            raise DSLError(f"argument '{a.name}' expects {a.type.dtype}, found {describe(v)}",
+                           a.loc)
+        callee.vars[a.name] = SCALAR_TYPES[a.type.dtype](v)
+        return
+    actual = em.type(coerce_tensor(em, v, a.loc))
+    declared = resolve_type(callee, a.type, binds, fresh=False, actual=actual)
+    if declared != actual:
+        raise DSLError(f"argument '{a.name}' expects {declared}, found {actual}", a.loc)
+    outer = coerce_tensor(em, v, a.loc)
+    inner = callee.add(Op.INPUT, (), {"name": a.name, "shape": actual.shape,
+                                      "dtype": actual.dtype}, a.loc)
+    callee.vars[a.name] = inner
+    tensor_args.append((outer, inner))
+
+
+def coerce_tensor(em: Emitter, v: Any, loc: Loc) -> Tensor:
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return em.const(v, em.float_dtype if isinstance(v, float) else DType.I32, loc)
+    raise DSLError(f"expected a tensor, found {describe(v)}", loc)
+
+
+def resolve_type(em: Emitter, ann: ast.TypeAnn, binds: dict[str, Dim], fresh: bool,
+                 actual: TensorType | None = None) -> TensorType | type:
+    """A type annotation as a TensorType; unknown dim names become symbols (entry)
+    or are bound to the actual argument's dims (calls)."""
+    if ann.dims is None:
+        return SCALAR_TYPES[ann.dtype]
+    dtype = DType(ann.dtype)
+    if dtype is DType.F32 and em.ctx.options.float64:
+        dtype = DType.F64
+    if actual is not None and len(actual.shape) != len(ann.dims):
+        raise DSLError(f"expected a tensor of rank {len(ann.dims)} ({ann.dtype}"
+                       f"{fmt(tuple('?' for _ in ann.dims))}), found {actual}", ann.loc)
+    shape = []
+    for k, d in enumerate(ann.dims):
+        if isinstance(d, ast.Name) and em.find(d.id) is MISSING:
+            if d.id not in binds:
+                binds[d.id] = d.id if fresh or actual is None else actual.shape[k]
+                em.vars[d.id] = dim_value(binds[d.id])
+            shape.append(binds[d.id])
+            continue
+        value = as_dim(eval_expr(em, d))
+        if value is None:
+            raise DSLError("expected a dimension (int or symbol) in the type", d.loc)
+        shape.append(value)
+    return TensorType(tuple(shape), dtype)
+
+
+def run_body(em: Emitter, fn: ast.FnDef) -> tuple[Tensor, ...]:
+    """Lower a function's statements; return its result tensors, checked against `->`."""
+    result = None
+    for k, stmt in enumerate(fn.body):
+        if isinstance(stmt, ast.Return):
+            if k != len(fn.body) - 1:
+                raise DSLError("'return' must be the last statement of a function", stmt.loc)
+            result = tensor_results(em, stmt)
+        else:
+            run_stmt(em, stmt)
+    if result is None:
+        raise DSLError(f"function '{fn.name}' does not end with 'return'", fn.loc)
+    _check_return(em, fn, result)
+    return result
+
+
+def _check_return(em: Emitter, fn: ast.FnDef, result: tuple[Tensor, ...]) -> None:
+    if fn.ret is None:
+        return
+    if len(fn.ret) != len(result):
+        raise DSLError(f"function '{fn.name}' declares {len(fn.ret)} results, "
+                       f"returns {len(result)}", fn.body[-1].loc)
+    for ann, t in zip(fn.ret, result):
+        actual = em.type(t)
+        declared = resolve_type(em, ann, {}, fresh=False, actual=actual)
+        if declared != actual:
+            raise DSLError(f"function '{fn.name}' declares result {declared}, "
+                           f"returns {actual}", fn.body[-1].loc)
+
+
+def run_stmt(em: Emitter, stmt: ast.Stmt) -> None:
+    from .statements import run_for, run_let
+    em.ctx.loc = stmt.loc
+    if isinstance(stmt, ast.Let):
+        run_let(em, stmt)
+    elif isinstance(stmt, ast.For):
+        run_for(em, stmt)
+    else:
+        raise DSLError("'return' is only allowed as the last statement of a function", stmt.loc)

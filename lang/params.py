@@ -1,0 +1,62 @@
+"""Parameter declarations: static shapes and initializer specs.
+
+An initializer is stored on the PARAM node as a tuple `(kind, *args)`; its
+meaning (distributions, fan-in conventions) lives in runtime/init.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember.ir.dtypes import DType
+from ember.ir.graph import Builder
+from ember.ir.loc import DSLError
+from ember.ir.ops import Op
+
+from . import ast
+from .values import Tensor, as_dim
+
+# initializer name -> (min args, max args)
+INITIALIZERS = {
+    "zeros": (0, 0), "ones": (0, 0), "normal": (0, 1), "uniform": (0, 2),
+    "glorot_uniform": (0, 0), "glorot_normal": (0, 0), "he_uniform": (0, 0),
+    "he_normal": (0, 0),
+}
+
+
+def param_node(em: Any, pdef: ast.ParamDef) -> Tensor:
+    from .emitter import Emitter
+    from .exprs import eval_expr
+    scope = Emitter(Builder("<param>"), em.ctx, em.instance)
+    shape = []
+    for d in pdef.type.dims or ():
+        v = as_dim(eval_expr(scope, d))
+        if not isinstance(v, int) or v < 1:
+            raise DSLError(f"parameter shapes must be positive ints, found {v}", d.loc)
+        shape.append(v)
+    if pdef.type.dims is None:
+        raise DSLError(f"parameter '{pdef.name}' needs a tensor type", pdef.type.loc)
+    dtype = DType(pdef.type.dtype)
+    if dtype is DType.F32 and em.ctx.options.float64:
+        dtype = DType.F64
+    attrs = {"name": pdef.name, "shape": tuple(shape), "dtype": dtype,
+             "init": _initializer(scope, pdef)}
+    return em.add(Op.PARAM, (), attrs, pdef.loc)
+
+
+def _initializer(scope: Any, pdef: ast.ParamDef) -> tuple[Any, ...]:
+    from .exprs import eval_expr
+    init = pdef.init
+    if init is None:
+        return ("zeros",)
+    name_node = init.fn if isinstance(init, ast.Call) else init
+    if not isinstance(name_node, ast.Name) or name_node.id not in INITIALIZERS:
+        found = name_node.id if isinstance(name_node, ast.Name) else "an expression"
+        raise DSLError(f"unknown initializer '{found}'", init.loc,
+                       f"initializers: {', '.join(INITIALIZERS)}")
+    args = tuple(eval_expr(scope, a) for a in init.args) if isinstance(init, ast.Call) else ()
+    lo, hi = INITIALIZERS[name_node.id]
+    if not lo <= len(args) <= hi or any(not isinstance(a, (int, float)) for a in args):
+        raise DSLError(f"initializer '{name_node.id}' takes {lo} to {hi} numbers, "
+                       f"found {len(args)} arguments", init.loc)
+    return (name_node.id, *(float(a) for a in args))

@@ -1,0 +1,95 @@
+"""Compile-time values the lowering manipulates while it walks the AST.
+
+A name in a DSL scope denotes one of: a tensor (an IR value), a Python int or
+float (constants, hyperparameters, static dims), a symbolic dimension, a layer
+instance or an array of them, a function, or a tuple of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.ir import dims
+from ember.ir.dims import Dim
+
+from . import ast
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An SSA value of the graph being built."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class DimVal:
+    """A symbolic dimension used as a value, e.g. `zeros(B, H)`; supports * and //."""
+
+    dim: Dim
+
+    def __str__(self) -> str:
+        return str(self.dim)
+
+
+@dataclass
+class Instance:
+    """A layer instantiated with hyperparameters at a dotted parameter prefix."""
+
+    layer: ast.LayerDef
+    path: str
+    scope: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, ast.ParamDef] = field(default_factory=dict)
+    fns: dict[str, ast.FnDef] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A function bound to the instance it runs in (None for top-level helpers)."""
+
+    fn: ast.FnDef
+    instance: Instance | None
+
+
+def as_dim(v: Any) -> Dim | None:
+    """The Dim a value denotes, or None if it is not a dimension."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, DimVal):
+        return v.dim
+    return None
+
+
+def dim_value(d: Dim) -> int | DimVal:
+    return d if isinstance(d, int) else DimVal(d)
+
+
+def dim_arith(op: str, a: Dim, b: Dim) -> Dim | None:
+    """Compile-time arithmetic on dims: `*` and exact `//`; None if unsupported."""
+    if op == "*":
+        return dims.mul(a, b)
+    if op == "//":
+        return dims.div(a, b)
+    return None
+
+
+def describe(v: Any) -> str:
+    """How a value is named in error messages."""
+    if isinstance(v, Instance):
+        return f"layer instance '{v.path or 'model'}'"
+    if isinstance(v, list):
+        return "an array of layer instances"
+    if isinstance(v, Method):
+        return f"function '{v.fn.name}'"
+    if isinstance(v, DimVal):
+        return f"dimension {v.dim}"
+    if isinstance(v, tuple):
+        return f"a tuple of {len(v)} values"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return f"the number {v}"
+    return "a tensor"

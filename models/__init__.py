@@ -1,0 +1,1 @@
+"""Model files written in Ember (*.ember), shipped as package data."""

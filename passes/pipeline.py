@@ -1,0 +1,33 @@
+"""The optimization pipeline: a list of pure passes, read top to bottom."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ember.ir.graph import Graph
+from ember.ir.verify import verify
+
+from .cleanup import cse, dce
+from .inline import inline
+from .shapes import infer_shapes
+from .simplify import fold_constants, simplify
+
+Pass = Callable[[Graph], Graph]
+
+PIPELINE: list[tuple[str, Pass]] = [
+    ("inline", inline),                 # splice CALL regions: one flat graph per entry
+    ("infer_shapes", infer_shapes),     # re-derive every type from the shape rules
+    ("fold_constants", fold_constants), # scalar constant arithmetic at compile time
+    ("simplify", simplify),             # x*1, x+0, reshape/permute chains, ...
+    ("cse", cse),                       # one node per distinct computation
+    ("dce", dce),                       # drop what no output needs
+]
+
+
+def optimize(g: Graph, check: bool = False) -> Graph:
+    """Run the pipeline; with check=True verify the IR after every pass."""
+    for _, run in PIPELINE:
+        g = run(g)
+        if check:
+            verify(g)
+    return g

@@ -1,0 +1,1 @@
+"""Execution: the NumPy oracle, parameter initialization and parameter files."""

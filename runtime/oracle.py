@@ -1,0 +1,189 @@
+"""The NumPy oracle: the definition of what every IR op means.
+
+`evaluate(graph, inputs, params, seed)` runs a graph node by node with NumPy.
+Each op's meaning is one entry of `eval_rules`; every generated kernel is
+checked against this interpreter, and tests pin each rule to PyTorch. After
+each node the result is checked against the node's type (shape bound to the
+run's dims, dtype exact), so an oracle bug cannot hide behind broadcasting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ember.ir import dims
+from ember.ir.graph import Graph, Node, TensorType
+from ember.ir.loc import DSLError
+from ember.ir.ops import Op
+
+from .nn_ops import avg_pool2d, conv2d, max_pool2d
+from .rand import stream_seed, uniform
+
+
+@dataclass
+class Ctx:
+    """What a rule may need besides its operands."""
+
+    dims: dict[str, int]
+    params: dict[str, np.ndarray]
+    seed: int
+
+
+Rule = Callable[[Node, list[Any], Ctx], Any]
+
+
+def evaluate(g: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray],
+             seed: int = 0, env: dict[str, int] | None = None) -> list[np.ndarray]:
+    """Run g on named inputs; return its outputs in order."""
+    ctx = Ctx(dict(env or {}), params, seed)
+    for i in g.inputs:
+        bind_input(g.nodes[i], inputs[g.nodes[i].attrs["name"]], ctx.dims)
+    return run_graph(g, [inputs[g.nodes[i].attrs["name"]] for i in g.inputs], ctx)
+
+
+def bind_input(n: Node, value: np.ndarray, env: dict[str, int]) -> None:
+    """Learn symbol values from an input's shape; DSLError if it does not fit."""
+    t = n.tensor
+    if value.dtype != t.dtype.np or value.ndim != t.rank:
+        raise DSLError(f"input '{n.attrs['name']}' expects {t}, found {value.dtype} array of "
+                       f"shape {tuple(value.shape)}", n.loc)
+    for d, actual in zip(t.shape, value.shape):
+        coef, syms = dims.factors(d)
+        known = coef * math.prod(env[s] for s in syms if s in env)
+        unbound = [s for s in syms if s not in env]
+        if len(unbound) == 1 and actual % known == 0 and actual >= known:
+            env[unbound[0]] = actual // known
+        elif unbound or known != actual:
+            raise DSLError(f"input '{n.attrs['name']}' expects {t}, found shape "
+                           f"{tuple(value.shape)} (dimension {d} cannot be {actual} "
+                           f"given {_bound(env)})", n.loc)
+
+
+def _bound(env: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "nothing bound"
+
+
+def run_graph(g: Graph, args: list[Any], ctx: Ctx) -> list[Any]:
+    vals: list[Any] = [None] * len(g.nodes)
+    for i, a in zip(g.inputs, args):
+        vals[i] = a
+    for i, n in enumerate(g.nodes):
+        if vals[i] is None:
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+                vals[i] = _checked(n, eval_rules[n.op](n, [vals[s] for s in n.srcs], ctx), ctx)
+    return [vals[o] for o in g.outputs]
+
+
+def _checked(n: Node, v: Any, ctx: Ctx) -> Any:
+    if not isinstance(n.type, TensorType):
+        return v
+    v = np.asarray(v).astype(n.type.dtype.np, copy=False)
+    expected = dims.bind_shape(n.type.shape, ctx.dims)
+    assert v.shape == expected, f"oracle bug: {n.op.value} gave {v.shape}, type says {expected}"
+    return v
+
+
+def _np(fn: Callable[..., Any]) -> Rule:
+    return lambda n, a, ctx: fn(*a)
+
+
+def _shape(n: Node, ctx: Ctx, key: str = "shape") -> tuple[int, ...]:
+    return dims.bind_shape(n.attrs[key], ctx.dims)
+
+
+def _param(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    return ctx.params[n.attrs["name"]]
+
+
+def _iota(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    shape = _shape(n, ctx)
+    ax = n.attrs["axis"]
+    line = np.arange(shape[ax]).reshape([-1 if k == ax else 1 for k in range(len(shape))])
+    return np.broadcast_to(line, shape)
+
+
+def _rand(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    shape = _shape(n, ctx)
+    index = np.arange(math.prod(shape), dtype=np.int32).reshape(shape)
+    return uniform(stream_seed(ctx.seed, n.attrs["stream"]), index)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _reduce(fn: Callable[..., Any]) -> Rule:
+    return lambda n, a, ctx: fn(a[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdims"])
+
+
+def _argmax(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    return np.argmax(a[0], axis=n.attrs["axes"][0], keepdims=n.attrs["keepdims"])
+
+
+def _slice(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    stops = _shape(n, ctx, "stops")
+    idx = tuple(slice(s, e, st) for s, e, st in zip(n.attrs["starts"], stops, n.attrs["steps"]))
+    return a[0][idx]
+
+
+def _gather(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    table, ids = a
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise DSLError(f"embedding ids must be in [0, {table.shape[0]}), found values in "
+                       f"[{ids.min()}, {ids.max()}]", n.loc)
+    return table[ids]
+
+
+def _call(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
+    return tuple(run_graph(n.attrs["body"], a, ctx))
+
+
+def _loop(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
+    k = n.attrs["n_carry"]
+    carry, captured = list(a[:k]), list(a[k:])
+    for t in range(dims.bind(n.attrs["length"], ctx.dims)):
+        carry = run_graph(n.attrs["body"], [np.int32(t), *carry, *captured], ctx)
+    return tuple(carry)
+
+
+eval_rules: dict[Op, Rule] = {
+    Op.INPUT: lambda n, a, ctx: None,  # bound before the walk
+    Op.PARAM: _param,
+    Op.CONST: lambda n, a, ctx: np.array(n.attrs["value"], n.attrs["dtype"].np),
+    Op.FULL: lambda n, a, ctx: np.full(_shape(n, ctx), n.attrs["value"], n.attrs["dtype"].np),
+    Op.IOTA: _iota,
+    Op.RAND: _rand,
+    Op.NEG: _np(np.negative), Op.EXP: _np(np.exp), Op.LOG: _np(np.log),
+    Op.SQRT: _np(np.sqrt), Op.RSQRT: _np(lambda x: 1 / np.sqrt(x)), Op.ABS: _np(np.abs),
+    Op.RELU: _np(lambda x: np.maximum(x, 0)),
+    Op.SIGMOID: _np(lambda x: 1 / (1 + np.exp(-x))),
+    Op.TANH: _np(np.tanh), Op.ERF: _np(_erf),
+    Op.CAST: lambda n, a, ctx: a[0].astype(n.attrs["dtype"].np),
+    Op.NOT: _np(np.logical_not),
+    Op.ADD: _np(np.add), Op.SUB: _np(np.subtract), Op.MUL: _np(np.multiply),
+    Op.DIV: _np(np.divide), Op.POW: _np(np.power), Op.MAXIMUM: _np(np.maximum),
+    Op.MINIMUM: _np(np.minimum), Op.LT: _np(np.less), Op.LE: _np(np.less_equal),
+    Op.GT: _np(np.greater), Op.GE: _np(np.greater_equal), Op.EQ: _np(np.equal),
+    Op.NE: _np(np.not_equal), Op.AND: _np(np.logical_and), Op.OR: _np(np.logical_or),
+    Op.WHERE: _np(np.where),
+    Op.SUM: _reduce(np.sum), Op.MEAN: _reduce(np.mean), Op.MAX: _reduce(np.max),
+    Op.MIN: _reduce(np.min), Op.ARGMAX: _argmax,
+    Op.RESHAPE: lambda n, a, ctx: a[0].reshape(_shape(n, ctx)),
+    Op.PERMUTE: lambda n, a, ctx: np.transpose(a[0], n.attrs["perm"]),
+    Op.EXPAND: lambda n, a, ctx: np.broadcast_to(a[0], _shape(n, ctx)),
+    Op.SLICE: _slice,
+    Op.CONCAT: lambda n, a, ctx: np.concatenate(a, axis=n.attrs["axis"]),
+    Op.INDEX: lambda n, a, ctx: np.take(a[0], int(a[1]), axis=n.attrs["axis"]),
+    Op.GATHER: _gather,
+    Op.MATMUL: _np(np.matmul),
+    Op.CONV2D: lambda n, a, ctx: conv2d(*a, **n.attrs),
+    Op.MAX_POOL2D: lambda n, a, ctx: max_pool2d(a[0], **n.attrs),
+    Op.AVG_POOL2D: lambda n, a, ctx: avg_pool2d(a[0], **n.attrs),
+    Op.CALL: _call, Op.LOOP: _loop,
+    Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
+}
+
