@@ -447,7 +447,7 @@ class _AstBuilder(Transformer_NonRecursive):
     def exprs(self, meta: Meta, children: list) -> ast.TupleExpr:
         return ast.TupleExpr(tuple(children), self._meta(meta))
 
-    def exprs_trailing(self, meta: Meta, children: list) -> tuple:
+    def dim_list(self, meta: Meta, children: list) -> tuple:
         return tuple(children)
 
     # -- expressions

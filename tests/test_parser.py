@@ -327,6 +327,13 @@ def test_walk_visits_every_node() -> None:
     assert all(isinstance(n, ast.Node) for n in ast.walk(program))
 
 
+def test_nodes_are_frozen_and_hashable() -> None:
+    program = parse(EXAMPLE, "mlp.em")
+    assert hash(program) == hash(parse(EXAMPLE, "mlp.em"))
+    with pytest.raises(AttributeError):
+        program.items[0].name = "other"  # type: ignore[misc]
+
+
 def test_long_operator_chain_does_not_recurse() -> None:
     tree = expr(" + ".join(["a"] * 3000))
     assert sum(isinstance(n, ast.Name) for n in ast.walk(tree)) == 3000

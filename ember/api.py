@@ -1,0 +1,74 @@
+"""The Python API the CLI is built on: compile a model file, then run it.
+
+    g = ember.api.compile_file("models/mlp.ember", entry="loss")
+    params = ember.api.init_params(g, seed=0)
+    outs = ember.api.run(g, {"x": x, "y": y}, params)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ember.ir.graph import Graph, TensorType
+from ember.ir.loc import DSLError
+from ember.ir.ops import Op
+from ember.ir.verify import verify
+from ember.lang import ast
+from ember.lang.emitter import Options
+from ember.lang.lower import lower
+from ember.lang.parser import parse
+from ember.passes.pipeline import optimize
+from ember.passes.shapes import bind_dims
+from ember.runtime import init, oracle
+
+STAGES = ("ast", "ir", "opt")
+
+
+def read_source(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise DSLError(f"model file '{path}' does not exist")
+    return p.read_text()
+
+
+def parse_file(path: str | Path) -> ast.Program:
+    return parse(read_source(path), str(path))
+
+
+def compile_program(program: ast.Program, entry: str = "forward", stage: str = "opt",
+                    options: Options = Options(), dims: Mapping[str, int] | None = None) -> Graph:
+    """Lower one entry of a parsed program and run the pipeline up to `stage`."""
+    g = lower(program, entry, options)
+    if dims:
+        g = bind_dims(g, dims)
+    if stage == "opt":
+        g = optimize(g)
+    return verify(g)
+
+
+def compile_file(path: str | Path, entry: str = "forward", **kw: Any) -> Graph:
+    return compile_program(parse_file(path), entry, **kw)
+
+
+def param_types(g: Graph) -> dict[str, TensorType]:
+    return g.params()
+
+
+def init_params(g: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Fresh parameters for a graph, from each PARAM's declared initializer."""
+    specs = {n.attrs["name"]: (n.tensor, n.attrs["init"])
+             for n in g.nodes if n.op is Op.PARAM}
+    return init.init_params(specs, seed)
+
+
+def run(g: Graph, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
+        seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Run a graph on the NumPy oracle; outputs by name."""
+    missing = [name for name in g.input_names() if name not in inputs]
+    if missing:
+        raise DSLError(f"missing inputs: {', '.join(missing)}")
+    outs = oracle.evaluate(g, dict(inputs), dict(params), seed, dict(dims or {}))
+    return dict(zip(g.output_names, outs))

@@ -1,0 +1,79 @@
+"""The `ember` command: `ember compile` prints a stage, `ember run` executes.
+
+Exit codes: 0 ok; 1 a user error (located, printed without a traceback);
+2 a usage error (argparse); 3 an internal compiler error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Sequence
+
+from ember.ir.loc import DSLError
+
+from . import commands
+
+
+def _dims(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if not name.strip().isidentifier() or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected NAME=INT[,NAME=INT...], found '{part}'")
+        out[name.strip()] = int(value)
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .ember model file")
+    p.add_argument("--entry", default="forward", help="the model function to compile (forward)")
+    p.add_argument("--dims", type=_dims, default={}, metavar="B=8,T=16",
+                   help="values for symbolic dimensions")
+    p.add_argument("--train", action="store_true",
+                   help="training mode: dropout active, batch norm uses batch statistics")
+    p.add_argument("--precision", choices=("f32", "f64"), default="f32",
+                   help="f64 runs f32-declared models in float64 (oracle checks)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ember {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="print a compilation stage")
+    _common(c)
+    c.add_argument("--emit", choices=commands.EMIT_CHOICES, default="opt",
+                   help="the stage to print (opt)")
+    r = sub.add_parser("run", help="run a model function")
+    _common(r)
+    r.add_argument("--backend", choices=commands.BACKENDS, default="auto")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input from a .npy file (repeatable)")
+    r.add_argument("--inputs", metavar="FILE.npz", help="inputs by name from a .npz file")
+    r.add_argument("--params", metavar="FILE", help="parameters (.npz or .safetensors)")
+    r.add_argument("--save-params", metavar="FILE", help="write the parameters used")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seed for parameter init, random inputs and dropout (0)")
+    r.add_argument("-o", "--output", metavar="OUT.npz", help="write outputs by name")
+    return parser
+
+
+def _version() -> str:
+    from ember import __version__
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return commands.COMMANDS[args.command](args)
+    except DSLError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug in ember, not in the user's input
+        print("internal compiler error (please report it with this trace):", file=sys.stderr)
+        traceback.print_exc()
+        return 3

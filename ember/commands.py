@@ -1,0 +1,81 @@
+"""What `ember compile` and `ember run` do, given parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import numpy as np
+
+from ember.ir.graph import Graph
+from ember.ir.printer import print_graph
+from ember.lang.astprint import format_ast
+from ember.lang.emitter import Options
+from ember.runtime.inputs import draw_inputs, load_inputs
+from ember.runtime.params_io import check_params, load_params, save_params
+
+from . import api
+
+EMIT_CHOICES = ("ast", "ir", "opt")
+BACKENDS = ("auto", "numpy")
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(train=args.train, float64=args.precision == "f64")
+
+
+def compile_cmd(args: argparse.Namespace) -> int:
+    program = api.parse_file(args.model)
+    if args.emit == "ast":
+        print(format_ast(program))
+        return 0
+    g = api.compile_program(program, args.entry, args.emit, _options(args), args.dims)
+    print(print_graph(g))
+    return 0
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    g = api.compile_file(args.model, args.entry, options=_options(args), dims=args.dims)
+    print(f"backend: numpy ({'requested' if args.backend == 'numpy' else 'auto'})")
+    params = _params(g, args)
+    given = load_inputs(g, args.input, args.inputs)
+    inputs, env, notes = draw_inputs(g, given, args.dims, args.seed)
+    for note in notes:
+        print(note)
+    outs = api.run(g, inputs, params, args.seed, env)
+    for name, value in outs.items():
+        print(_summary(name, value))
+    if args.output:
+        np.savez(args.output, **outs)
+        print(f"wrote {', '.join(outs)} to {args.output}")
+    return 0
+
+
+def _params(g: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    expected = api.param_types(g)
+    if args.params:
+        params = load_params(args.params)
+        check_params(params, expected, args.params)
+        print(f"loaded {len(params)} parameters from {args.params}")
+    else:
+        params = api.init_params(g, args.seed)
+        print(f"initialized {len(params)} parameters with seed {args.seed}")
+    if args.save_params:
+        save_params(args.save_params, params)
+        print(f"saved parameters to {args.save_params}")
+    return params
+
+
+def _summary(name: str, v: np.ndarray) -> str:
+    shape = "[" + ", ".join(str(d) for d in v.shape) + "]"
+    if v.size == 0:
+        return f"{name}: {v.dtype} {shape} (empty)"
+    f = v.astype(np.float64)
+    return (f"{name}: {v.dtype} {shape}  min {f.min():.6g}  max {f.max():.6g}  "
+            f"mean {f.mean():.6g}  std {f.std():.6g}")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "compile": compile_cmd, "run": run_cmd}
+
+

@@ -1,0 +1,94 @@
+"""Reading and writing parameters by name: `.npz` and `.safetensors`.
+
+Loading is strict, like torch's `load_state_dict(strict=True)`: a missing or
+unexpected name, or a wrong shape or dtype, is an error that lists them all.
+The safetensors format (8-byte little-endian header length, a JSON header of
+{name: {dtype, shape, data_offsets}}, then raw little-endian bytes) is small
+enough to read and write here, so no extra dependency is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ember.ir.graph import TensorType
+from ember.ir.loc import DSLError
+
+ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64,
+             "BOOL": np.bool_, "F16": np.float16, "I8": np.int8, "U8": np.uint8}
+
+
+def save_params(path: str | Path, params: dict[str, np.ndarray]) -> None:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        _save_safetensors(path, params)
+    elif path.suffix == ".npz":
+        np.savez(path, **params)
+    else:
+        raise DSLError(f"parameter files must end in .npz or .safetensors, found '{path.name}'")
+
+
+def load_params(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DSLError(f"parameter file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return _load_safetensors(path)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise DSLError(f"cannot read parameter file '{path}': {e}") from None
+    raise DSLError(f"parameter files must end in .npz or .safetensors, found '{path.name}'")
+
+
+def check_params(params: dict[str, np.ndarray], expected: dict[str, TensorType],
+                 source: str) -> None:
+    """Strict name, shape and dtype check of loaded parameters."""
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    wrong = [f"{k}: expected {expected[k]}, found {params[k].dtype} {tuple(params[k].shape)}"
+             for k in sorted(set(expected) & set(params))
+             if params[k].shape != expected[k].shape or params[k].dtype != expected[k].dtype.np]
+    problems = ([f"missing: {', '.join(missing)}"] if missing else []) + (
+        [f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + wrong
+    if problems:
+        raise DSLError(f"parameters in '{source}' do not match the model:\n  "
+                       + "\n  ".join(problems))
+
+
+def _save_safetensors(path: Path, params: dict[str, np.ndarray]) -> None:
+    names = {np.dtype(v): k for k, v in ST_DTYPES.items()}
+    header, offset, blobs = {}, 0, []
+    for name in sorted(params):
+        a = np.ascontiguousarray(params[name])
+        data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": names[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    base, out = 8 + n, {}
+    for name, info in header.items():
+        if info["dtype"] not in ST_DTYPES:
+            raise ValueError(f"tensor '{name}' has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        dt = np.dtype(ST_DTYPES[info["dtype"]]).newbyteorder("<")
+        out[name] = np.frombuffer(raw[base + begin:base + end], dt).reshape(info["shape"]).astype(
+            dt.newbyteorder("="))
+    return out
