@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Mapping, Union
+from collections.abc import Mapping
 
-Dim = Union[int, str]
+Dim = int | str
 Shape = tuple[Dim, ...]
 
 

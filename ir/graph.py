@@ -9,8 +9,9 @@ graph with a `Builder` (see passes/rewrite.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .dims import Shape, fmt
 from .dtypes import DType

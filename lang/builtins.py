@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ember.ir import dims
 from ember.ir.dims import Dim

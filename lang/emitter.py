@@ -8,8 +8,9 @@ Builtins (lang/builtins.py) build IR only through this small API.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder, TensorType
@@ -33,7 +34,7 @@ class Emitter:
     ctx: Any                                  # lower.Context (globals, options)
     instance: Instance | None
     vars: dict[str, Any] = field(default_factory=dict)
-    outer: "Emitter | None" = None
+    outer: Emitter | None = None
     captures: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     param_nodes: dict[str, Tensor] = field(default_factory=dict)
 

@@ -8,7 +8,8 @@ support `*` and exact `//` so shapes like `B*T` or `D//heads` can be written.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ember.ir.dtypes import DType
 from ember.ir.loc import DSLError, Loc

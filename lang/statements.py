@@ -8,7 +8,8 @@ it reads are captured as extra body inputs, and `t` is an i32 scalar.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ember.ir.graph import Graph
 from ember.ir.verify import verify

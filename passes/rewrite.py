@@ -7,8 +7,8 @@ returns the id that now stands for the old node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from ember.ir.graph import Builder, Graph, Node
 

@@ -8,7 +8,8 @@ shape-carrying attribute, then re-infers.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ember.ir import dims
 from ember.ir.graph import Builder, Graph, Node

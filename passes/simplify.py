@@ -9,7 +9,7 @@ node's type, so no rule can change a shape or dtype by accident.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

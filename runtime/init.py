@@ -9,7 +9,7 @@ fan_in = in * receptive field and fan_out = out * receptive field.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -8,8 +8,8 @@ rows of the table they index, or the class count they are compared with).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

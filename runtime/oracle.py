@@ -10,8 +10,9 @@ run's dims, dtype exact), so an oracle bug cannot hide behind broadcasting.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

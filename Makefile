@@ -1,0 +1,33 @@
+# Set-up, demo and tests. `make demo` and `make test` work on a fresh machine:
+# each creates .venv and installs Ember with its test and GPU extras first.
+# torch is pinned: here 2.13.0 resolves to a local CPU build; on a GPU machine
+# the same pin pulls the CUDA build from PyPI.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[gpu,test]"
+	touch $(STAMP)
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/ember compile models/transformer.ember --emit opt --dims B=2,T=8 > out/transformer.ir
+	@echo "optimized IR: out/transformer.ir ($$(wc -l < out/transformer.ir) lines)"
+	$(VENV)/bin/ember run models/transformer.ember --dims B=2,T=8 --save-params out/gpt.safetensors -o out/gpt.npz
+	$(VENV)/bin/ember run models/lstm.ember --entry loss --dims B=4,T=6 -o out/lstm_loss.npz
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
