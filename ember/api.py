@@ -30,9 +30,15 @@ STAGES = ("ast", "ir", "opt")
 
 def read_source(path: str | Path) -> str:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise DSLError(f"model file '{path}' does not exist")
-    return p.read_text()
+    if not p.is_file():
+        raise DSLError(f"'{path}' is not a file; expected a .ember model file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise DSLError(f"cannot read model file '{path}': {reason}") from None
 
 
 def parse_file(path: str | Path) -> ast.Program:

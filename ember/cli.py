@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands.COMMANDS[args.command](args)
     except DSLError as e:
-        print(e.render(), file=sys.stderr)
+        # like argparse's `ember: error: ...` when there is no source line to point at
+        print(("" if e.loc.known else "ember: ") + e.render(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

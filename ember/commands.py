@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ember.ir.graph import Graph
+from ember.ir.loc import DSLError
 from ember.ir.printer import print_graph
 from ember.lang.astprint import format_ast
 from ember.lang.emitter import Options
@@ -46,9 +47,17 @@ def run_cmd(args: argparse.Namespace) -> int:
     for name, value in outs.items():
         print(_summary(name, value))
     if args.output:
-        np.savez(args.output, **outs)
+        _save_outputs(args.output, outs)
         print(f"wrote {', '.join(outs)} to {args.output}")
     return 0
+
+
+def _save_outputs(path: str, outs: dict[str, np.ndarray]) -> None:
+    try:
+        with open(path, "wb") as f:  # a file object, so np.savez adds no ".npz" to the name
+            np.savez(f, **outs)
+    except OSError as e:
+        raise DSLError(f"cannot write outputs to '{path}': {e.strerror or e}") from None
 
 
 def _params(g: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]:

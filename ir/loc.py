@@ -19,6 +19,11 @@ class Loc:
     end_col: int = 0
     source_line: str = ""
 
+    @property
+    def known(self) -> bool:
+        """Whether this points into a source file (UNKNOWN and file-less locs do not)."""
+        return self.line > 0
+
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
 
@@ -36,9 +41,11 @@ class DSLError(Exception):
         self.note = note
 
     def render(self) -> str:
-        """`file:line:col: error: msg`, the source line, a caret under the span."""
-        lines = [f"{self.loc}: error: {self.message}"]
-        if self.loc.source_line:
+        """`file:line:col: error: msg`, the source line, a caret under the span;
+        just `error: msg` for an error with no source location (a missing file)."""
+        where = f"{self.loc}: " if self.loc.known else ""
+        lines = [f"{where}error: {self.message}"]
+        if self.loc.known and self.loc.source_line:
             gutter = f"{self.loc.line:>5} | "
             lines.append(gutter + self.loc.source_line)
             width = max(1, self.loc.end_col - self.loc.col) if self.loc.end_col else 1

@@ -3,12 +3,15 @@
 Checks the invariants every pass must keep: single assignment in topological
 order (srcs name earlier nodes only), inputs are INPUT nodes, outputs exist,
 and every node's type is what its shape rule says. Region bodies are checked
-recursively.
+recursively, and against their node: a CALL's body takes exactly its srcs; a
+LOOP's body takes the step counter (i32[]), then the carried values, then the
+captured ones, and returns new carried values of the same types.
 """
 
 from __future__ import annotations
 
-from .graph import Graph, ShapeError
+from .dtypes import DType
+from .graph import Graph, ShapeError, TensorType
 from .ops import Op
 from .shapes import shape_rules
 
@@ -19,16 +22,19 @@ class VerifyError(Exception):
 
 def verify(g: Graph) -> Graph:
     """Raise VerifyError if g is malformed; return g so it chains in pipelines."""
+    for i in g.inputs:
+        if not 0 <= i < len(g.nodes) or g.nodes[i].op is not Op.INPUT:
+            raise VerifyError(f"{g.name}: input %{i} is not an INPUT node")
     for i, n in enumerate(g.nodes):
         _check_node(g, i)
         if "body" in n.attrs:
             verify(n.attrs["body"])
-    for i in g.inputs:
-        if not 0 <= i < len(g.nodes) or g.nodes[i].op is not Op.INPUT:
-            raise VerifyError(f"{g.name}: input %{i} is not an INPUT node")
+            _check_region(g, i)
     for o in g.outputs:
         if not 0 <= o < len(g.nodes):
             raise VerifyError(f"{g.name}: output %{o} does not exist")
+        if not isinstance(g.nodes[o].type, TensorType):
+            raise VerifyError(f"{g.name}: output %{o} is a tuple; read it with GET")
     if len(g.output_names) != len(g.outputs):
         raise VerifyError(f"{g.name}: {len(g.outputs)} outputs but "
                           f"{len(g.output_names)} output names")
@@ -37,15 +43,48 @@ def verify(g: Graph) -> Graph:
 
 def _check_node(g: Graph, i: int) -> None:
     n = g.nodes[i]
+    where = f"{g.name}: %{i} ({n.op.value})"
     if any(not 0 <= s < i for s in n.srcs):
-        raise VerifyError(f"{g.name}: %{i} ({n.op.value}) uses a value not defined before it: "
-                          f"{n.srcs}")
+        raise VerifyError(f"{where} uses a value not defined before it: {n.srcs}")
     if n.op is Op.INPUT and i not in g.inputs:
         raise VerifyError(f"{g.name}: INPUT %{i} is not listed in the graph inputs")
+    for s in n.srcs:
+        is_tuple = not isinstance(g.nodes[s].type, TensorType)
+        if is_tuple != (n.op is Op.GET):
+            raise VerifyError(f"{where} reads %{s} of type {g.nodes[s].type}: only GET reads "
+                              f"the tuple a region produces, and GET reads nothing else")
     try:
         expected = shape_rules[n.op]([g.nodes[s].type for s in n.srcs], n.attrs)
     except ShapeError as e:
-        raise VerifyError(f"{g.name}: %{i} ({n.op.value}) is ill-typed: {e}") from None
+        raise VerifyError(f"{where} is ill-typed: {e}") from None
+    except Exception as e:  # a malformed node (missing attr, bad index) is also a bug
+        raise VerifyError(f"{where} is malformed: {type(e).__name__}: {e}") from None
     if expected != n.type:
-        raise VerifyError(f"{g.name}: %{i} ({n.op.value}) has type {n.type}, "
-                          f"its shape rule gives {expected}")
+        raise VerifyError(f"{where} has type {n.type}, its shape rule gives {expected}")
+
+
+def _check_region(g: Graph, i: int) -> None:
+    """The body's inputs match what the region node passes it."""
+    n = g.nodes[i]
+    body: Graph = n.attrs["body"]
+    where = f"{g.name}: %{i} ({n.op.value})"
+    passed = [g.nodes[s].type for s in n.srcs]
+    if n.op is Op.LOOP:
+        k = n.attrs.get("n_carry", -1)
+        if k != len(body.outputs) or k > len(n.srcs):
+            raise VerifyError(f"{where} carries n_carry={k} values, but has {len(n.srcs)} srcs "
+                              f"and its body returns {len(body.outputs)}")
+        outs = [body.nodes[o].type for o in body.outputs]
+        if outs != passed[:k]:
+            raise VerifyError(f"{where} carries {_types(passed[:k])} but its body returns "
+                              f"{_types(outs)}")
+        passed = [TensorType((), DType.I32), *passed]
+    received = [body.nodes[b].type for b in body.inputs]
+    if received != passed:
+        raise VerifyError(f"{where} passes {_types(passed)} but its body takes "
+                          f"{_types(received)}")
+
+
+def _types(ts: list[object]) -> str:
+    return "(" + ", ".join(map(str, ts)) + ")"
+

@@ -38,6 +38,8 @@ class Context:
     layers: dict[str, ast.LayerDef] = field(default_factory=dict)
     streams: int = 0
     loc: Loc = UNKNOWN
+    building: list[str] = field(default_factory=list)        # layers being instantiated
+    calling: list[ast.FnDef] = field(default_factory=list)   # functions being lowered
 
 
 def lower(program: ast.Program, entry: str = "forward", options: Options = Options()) -> Graph:
@@ -81,6 +83,19 @@ def instantiate(ctx: Context, layer: ast.LayerDef, path: str, args: tuple[ast.Ex
                 kwargs: tuple[tuple[str, ast.Expr], ...], loc: Loc,
                 caller: dict[str, Any] | None = None) -> Instance:
     """Create a layer instance: bind hyperparameters, declare params and sub-layers."""
+    if layer.name in ctx.building:
+        chain = " -> ".join([*ctx.building[ctx.building.index(layer.name):], layer.name])
+        raise DSLError(f"layer '{layer.name}' contains itself ({chain})", loc)
+    ctx.building.append(layer.name)
+    try:
+        return _instantiate(ctx, layer, path, args, kwargs, loc, caller)
+    finally:
+        ctx.building.pop()
+
+
+def _instantiate(ctx: Context, layer: ast.LayerDef, path: str, args: tuple[ast.Expr, ...],
+                 kwargs: tuple[tuple[str, ast.Expr], ...], loc: Loc,
+                 caller: dict[str, Any] | None) -> Instance:
     inst = Instance(layer, path)
     inst.scope.update(_bind_hparams(ctx, layer, args, kwargs, loc, caller or {}))
     for m in layer.members:
@@ -101,8 +116,8 @@ def _bind_hparams(ctx: Context, layer: ast.LayerDef, args: tuple[ast.Expr, ...],
                   caller: dict[str, Any]) -> dict[str, Any]:
     names = [h.name for h in layer.hparams]
     if len(args) > len(names):
-        raise DSLError(f"layer '{layer.name}' takes {len(names)} hyperparameters, "
-                       f"found {len(args)}", loc)
+        raise DSLError(f"layer '{layer.name}' takes {_count(len(names), 'hyperparameter')}, "
+                       f"found {len(args)}", loc, f"hyperparameters: {', '.join(names) or 'none'}")
     given = dict(zip(names, args)) | dict(kwargs)
     bound = {}
     for h in layer.hparams:
@@ -130,6 +145,10 @@ def _sublayer(ctx: Context, inst: Instance, m: ast.SubLayerDef) -> Instance | li
             for k in range(count)]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _known(name: str, names: list[str]) -> str:
     import difflib
     close = difflib.get_close_matches(name, names, n=1)
@@ -141,6 +160,7 @@ def _known(name: str, names: list[str]) -> str:
 def lower_entry(ctx: Context, method: Method) -> Graph:
     """An entry function: its dims are fresh symbols, its args graph inputs."""
     em = _function_emitter(ctx, method)
+    ctx.calling.append(method.fn)
     inputs = []
     for a in method.fn.args:
         t = resolve_type(em, a.type, {}, fresh=True)
@@ -150,8 +170,8 @@ def lower_entry(ctx: Context, method: Method) -> Graph:
             inputs.append(node.id)
             em.vars[a.name] = node
         else:
-            raise DSLError(f"entry function arguments must be tensors, '{a.name}' is {a.type.dtype}",
-                           a.loc)
+            raise DSLError(f"entry function arguments must be tensors, '{a.name}' is "
+                           f"{a.type.dtype}", a.loc)
     outs = run_body(em, method.fn)
     names = tuple(f"out{k}" for k in range(len(outs))) if len(outs) > 1 else (method.fn.name,)
     return em.builder.build(tuple(inputs), tuple(o.id for o in outs), names)
@@ -167,13 +187,24 @@ def call_function(em: Emitter, method: Method, args: list[Any], loc: Loc,
     """Lower a user function for these argument types; emit a CALL region for it."""
     fn = method.fn
     if len(args) != len(fn.args):
-        raise DSLError(f"function '{fn.name}' takes {len(fn.args)} arguments, found {len(args)}",
-                       loc)
+        raise DSLError(f"function '{fn.name}' takes {_count(len(fn.args), 'argument')}, "
+                       f"found {len(args)}", loc,
+                       f"'{fn.name}' is declared at {fn.loc}" if fn.loc.known else "")
+    stack = em.ctx.calling
+    if any(f is fn for f in stack):
+        start = next(k for k, f in enumerate(stack) if f is fn)
+        chain = " -> ".join(f.name for f in [*stack[start:], fn])
+        raise DSLError(f"function '{fn.name}' calls itself ({chain}); recursion is not "
+                       f"supported", loc)
     callee = _function_emitter(em.ctx, method)
     tensor_args, binds = [], {}
     for a, v in zip(fn.args, args):
-        _bind_arg(em, callee, a, v, binds, tensor_args)
-    outs = run_body(callee, fn)
+        _bind_arg(em, callee, a, v, binds, tensor_args, loc)
+    em.ctx.calling.append(fn)
+    try:
+        outs = run_body(callee, fn)
+    finally:
+        em.ctx.calling.pop()
     body = callee.builder.build(tuple(i.id for _, i in tensor_args), tuple(o.id for o in outs))
     attrs = {"fn": callee.builder.name, "prefix": prefix, "body": body}
     call = em.add(Op.CALL, tuple(o for o, _ in tensor_args), attrs, loc)
@@ -181,18 +212,26 @@ def call_function(em: Emitter, method: Method, args: list[Any], loc: Loc,
 
 
 def _bind_arg(em: Emitter, callee: Emitter, a: ast.Arg, v: Any, binds: dict[str, Dim],
-              tensor_args: list[tuple[Tensor, Tensor]]) -> None:
+              tensor_args: list[tuple[Tensor, Tensor]], call_loc: Loc) -> None:
+    """Bind one argument; a mismatch is reported at the call, noting the declaration."""
+    what = f"argument '{a.name}' of '{callee.builder.name}'"
+    declared_at = f"'{a.name}' is declared at {a.loc}" if a.loc.known else ""
     if a.type.dtype in SCALAR_TYPES:
         if isinstance(v, Tensor) or not isinstance(v, (int, float)):
-            raise DSLError(f"argument '{a.name}' expects {a.type.dtype}, found {describe(v)}",
-                           a.loc)
+            raise DSLError(f"{what} expects {a.type.dtype}, found {describe(v)}",
+                           call_loc, declared_at)
         callee.vars[a.name] = SCALAR_TYPES[a.type.dtype](v)
         return
-    actual = em.type(coerce_tensor(em, v, a.loc))
+    outer = coerce_tensor(em, v, call_loc)
+    actual = em.type(outer)
+    rank = len(a.type.dims or ())
+    if actual.rank != rank:
+        raise DSLError(f"{what} expects a tensor of rank {rank} ({a.type.dtype}"
+                       f"{fmt(('?',) * rank)}), found {actual}", call_loc, declared_at)
     declared = resolve_type(callee, a.type, binds, fresh=False, actual=actual)
     if declared != actual:
-        raise DSLError(f"argument '{a.name}' expects {declared}, found {actual}", a.loc)
-    outer = coerce_tensor(em, v, a.loc)
+        raise DSLError(f"{what} expects {declared}, found {actual}", call_loc,
+                       declared_at)
     inner = callee.add(Op.INPUT, (), {"name": a.name, "shape": actual.shape,
                                       "dtype": actual.dtype}, a.loc)
     callee.vars[a.name] = inner

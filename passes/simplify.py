@@ -63,10 +63,11 @@ def _same_shape_noop(b: Builder, n: Node, srcs: tuple[int, ...]) -> int | None:
 
 
 def _reshape_chain(b: Builder, n: Node, srcs: tuple[int, ...]) -> int | None:
-    # reshape(reshape(x)) -> reshape(x)
+    # reshape(reshape(x)) -> reshape(x), or x itself when the chain restores x's shape
     inner = b.nodes[srcs[0]]
     if inner.op is Op.RESHAPE:
-        return b.add(Op.RESHAPE, inner.srcs, n.attrs, n.loc)
+        x = inner.srcs[0]
+        return x if b.nodes[x].type == n.type else b.add(Op.RESHAPE, (x,), n.attrs, n.loc)
     return _same_shape_noop(b, n, srcs)
 
 

@@ -19,6 +19,9 @@ from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 
 from .oracle import bind_input
+from .params_io import array_type
+
+NpzFile = np.lib.npyio.NpzFile
 
 PASS_THROUGH = frozenset({Op.RESHAPE, Op.EXPAND, Op.PERMUTE, Op.SLICE, Op.INDEX})
 
@@ -27,48 +30,56 @@ def load_inputs(g: Graph, pairs: list[str], npz: str | None) -> dict[str, np.nda
     """Inputs from `NAME=FILE.npy` pairs and an optional .npz, checked by name."""
     found: dict[str, tuple[np.ndarray, str]] = {}
     if npz:
-        with _open(npz) as f:
+        data = _load(npz)
+        if not isinstance(data, NpzFile):
+            raise DSLError(f"--inputs expects a .npz archive of named arrays, but '{npz}' "
+                           f"holds a single array", note="use --input NAME=FILE.npy for one input")
+        with data as f:
             found.update({k: (f[k], npz) for k in f.files})
     for pair in pairs:
         name, sep, file = pair.partition("=")
-        if not sep:
+        if not sep or not name:
             raise DSLError(f"--input expects NAME=FILE.npy, found '{pair}'")
-        found[name] = (_load_npy(file), file)
+        data = _load(file)
+        if isinstance(data, NpzFile):
+            data.close()
+            raise DSLError(f"--input {name}=... expects a .npy file, but '{file}' is a .npz "
+                           f"archive", note=f"use --inputs {file} to read inputs by name")
+        found[name] = (data, file)
     by_name = {g.nodes[i].attrs["name"]: g.nodes[i] for i in g.inputs}
     for name, (value, file) in found.items():
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
-            raise DSLError(f"'{file}' provides input '{name}', but the function takes "
-                           f"{', '.join(by_name) or 'no inputs'}",
+            raise DSLError(f"'{file}' provides input '{name}', but {g.name} takes "
+                           f"{_names(list(by_name))}",
                            note=f"did you mean '{close[0]}'?" if close else "")
         _check_file_input(by_name[name], value, file)
     return {k: v for k, (v, _) in found.items()}
 
 
-def _open(path: str) -> np.lib.npyio.NpzFile:
+def _names(names: list[str]) -> str:
+    if not names:
+        return "no inputs"
+    return ("input " if len(names) == 1 else "inputs ") + ", ".join(f"'{n}'" for n in names)
+
+
+def _load(path: str) -> np.ndarray | NpzFile:
     if not Path(path).is_file():
         raise DSLError(f"input file '{path}' does not exist")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DSLError(f"cannot read input file '{path}': {e}") from None
-
-
-def _load_npy(path: str) -> np.ndarray:
-    if not Path(path).is_file():
-        raise DSLError(f"input file '{path}' does not exist")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DSLError(f"cannot read input file '{path}': {e}") from None
+    except (OSError, ValueError, EOFError) as e:
+        # np.load tries unpickling a file it does not recognise as .npy or .npz
+        reason = "not a NumPy .npy or .npz file" if "pickled" in str(e) else str(e)
+        raise DSLError(f"cannot read input file '{path}': {reason}") from None
 
 
 def _check_file_input(n: Node, value: np.ndarray, file: str) -> None:
     t = n.tensor
     bad_dim = any(isinstance(d, int) and d != a for d, a in zip(t.shape, value.shape))
     if value.dtype != t.dtype.np or value.ndim != t.rank or bad_dim:
-        raise DSLError(f"input '{n.attrs['name']}' from '{file}' has dtype {value.dtype} and "
-                       f"shape {tuple(value.shape)}, expected {t}", n.loc)
+        raise DSLError(f"input '{n.attrs['name']}' from '{file}' is {array_type(value)}, "
+                       f"expected {t}", n.loc)
 
 
 def draw_inputs(g: Graph, given: Mapping[str, np.ndarray], env: Mapping[str, int],

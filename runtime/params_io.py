@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ember.ir.dims import fmt
+from ember.ir.dtypes import dtype_from_np
 from ember.ir.graph import TensorType
 from ember.ir.loc import DSLError
 
@@ -23,14 +25,24 @@ ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.in
              "BOOL": np.bool_, "F16": np.float16, "I8": np.int8, "U8": np.uint8}
 
 
+def array_type(a: np.ndarray) -> str:
+    """An array's dtype and shape written like an IR type: `f32[4, 3]`."""
+    dt = dtype_from_np(a.dtype)
+    return f"{dt if dt else a.dtype}{fmt(tuple(a.shape))}"
+
+
 def save_params(path: str | Path, params: dict[str, np.ndarray]) -> None:
     path = Path(path)
-    if path.suffix == ".safetensors":
-        _save_safetensors(path, params)
-    elif path.suffix == ".npz":
-        np.savez(path, **params)
-    else:
+    if path.suffix not in (".npz", ".safetensors"):
         raise DSLError(f"parameter files must end in .npz or .safetensors, found '{path.name}'")
+    try:
+        if path.suffix == ".safetensors":
+            _save_safetensors(path, params)
+        else:
+            with path.open("wb") as f:
+                np.savez(f, **params)
+    except OSError as e:
+        raise DSLError(f"cannot write parameter file '{path}': {e.strerror or e}") from None
 
 
 def load_params(path: str | Path) -> dict[str, np.ndarray]:
@@ -43,8 +55,12 @@ def load_params(path: str | Path) -> dict[str, np.ndarray]:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise DSLError(f"cannot read parameter file '{path}': {e}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, struct.error,
+            zipfile.BadZipFile) as e:
+        # np.load tries unpickling a file that is not an .npz; json errors are ValueErrors
+        reason = ("not an .npz file" if "pickled" in str(e) else
+                  f"bad safetensors header ({e})" if isinstance(e, json.JSONDecodeError) else e)
+        raise DSLError(f"cannot read parameter file '{path}': {reason}") from None
     raise DSLError(f"parameter files must end in .npz or .safetensors, found '{path.name}'")
 
 
@@ -53,7 +69,7 @@ def check_params(params: dict[str, np.ndarray], expected: dict[str, TensorType],
     """Strict name, shape and dtype check of loaded parameters."""
     missing = sorted(set(expected) - set(params))
     unexpected = sorted(set(params) - set(expected))
-    wrong = [f"{k}: expected {expected[k]}, found {params[k].dtype} {tuple(params[k].shape)}"
+    wrong = [f"{k}: expected {expected[k]}, found {array_type(params[k])}"
              for k in sorted(set(expected) & set(params))
              if params[k].shape != expected[k].shape or params[k].dtype != expected[k].dtype.np]
     problems = ([f"missing: {', '.join(missing)}"] if missing else []) + (
