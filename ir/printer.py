@@ -28,8 +28,8 @@ def fmt_attr(v: Any) -> str:
     if isinstance(v, tuple):
         inner = ", ".join(fmt_attr(x) for x in v)
         return f"({inner},)" if len(v) == 1 else f"({inner})"
-    if isinstance(v, float):
-        return repr(v)
+    if isinstance(v, float) or (isinstance(v, str) and not v):
+        return repr(v)  # an empty string shows as '' rather than as nothing
     return str(v)
 
 

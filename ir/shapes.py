@@ -50,7 +50,13 @@ def _unary(ins: list[TensorType], attrs: dict[str, Any], op: Op) -> TensorType:
         return _t(x.shape, attrs["dtype"])
     if op is Op.NOT:
         _expect_dtype(op, x, DType.BOOL)
-    elif op is not Op.NEG and op is not Op.ABS and not x.dtype.is_float:
+    elif op in (Op.NEG, Op.ABS):
+        # Numeric, not bool: as in torch (NumPy's negative raises on bool, and its
+        # abs of a bool is the identity); a mask is inverted with logical_not.
+        if x.dtype is DType.BOOL:
+            raise ShapeError(f"{op.value} expects a numeric tensor, found {x} "
+                             f"(use logical_not to invert a mask)")
+    elif not x.dtype.is_float:
         raise ShapeError(f"{op.value} expects a float tensor, found {x}")
     return x
 
@@ -94,6 +100,11 @@ def _reduce(ins: list[TensorType], attrs: dict[str, Any], op: Op) -> TensorType:
         raise ShapeError(f"{op.value} axes must be sorted and non-negative, found {axes}")
     if op is Op.MEAN and not x.dtype.is_float:
         raise ShapeError(f"mean expects a float tensor, found {x}")
+    if op is Op.SUM and x.dtype is DType.BOOL:
+        # The result keeps the operand's dtype, so a bool sum would be any(), where
+        # torch counts the true elements; counting needs a numeric operand.
+        raise ShapeError(f"sum expects a numeric tensor, found {x} "
+                         f"(use to_float to count true elements)")
     if op is Op.ARGMAX and len(axes) != 1:
         raise ShapeError(f"argmax reduces exactly one axis, found axes {axes}")
     if attrs["keepdims"]:

@@ -72,7 +72,10 @@ def _axes(em: Any, x: Tensor, axis: Any, loc: Loc) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(rank))
     raw = axis if isinstance(axis, tuple) else (axis,)
-    return normalize_axes(tuple(_int(a, "axis", loc) for a in raw), rank)
+    axes = normalize_axes(tuple(_int(a, "axis", loc) for a in raw), rank)
+    if len(axes) != len(raw):  # normalize_axes merges repeats; torch rejects them
+        raise DSLError(f"axis {axis} names an axis more than once", loc)
+    return axes
 
 
 def _shape_args(shape: tuple[Any, ...], loc: Loc) -> tuple[Dim, ...]:
@@ -196,7 +199,12 @@ def _resolve_minus_one(src: tuple[Dim, ...], target: tuple[Dim, ...], loc: Loc) 
 def permute(em: Any, loc: Loc, x: Any, *perm: Any) -> Tensor:
     x = _t(em, x, loc)
     rank = em.type(x).rank
-    p = tuple(_int(a, "axis", loc) % max(rank, 1) for a in perm)
+    if len(perm) == 1 and isinstance(perm[0], tuple):  # permute(x, (2, 0, 1)), as torch
+        perm = perm[0]
+    # Each axis is range-checked (a bare `% rank` would wrap an out-of-range axis into
+    # a valid permutation); normalize_axes of a single axis cannot merge repeats, which
+    # the PERMUTE shape rule rejects.
+    p = tuple(normalize_axes((_int(a, "axis", loc),), rank)[0] for a in perm)
     return em.add(Op.PERMUTE, (x,), {"perm": p}, loc)
 
 
@@ -204,7 +212,7 @@ def permute(em: Any, loc: Loc, x: Any, *perm: Any) -> Tensor:
 def transpose(em: Any, loc: Loc, x: Any, a: int = -2, b: int = -1) -> Tensor:
     x = _t(em, x, loc)
     rank = em.type(x).rank
-    i, j = normalize_axes((a,), rank)[0], normalize_axes((b,), rank)[0]
+    i, j = (normalize_axes((_int(v, "axis", loc),), rank)[0] for v in (a, b))
     perm = list(range(rank))
     perm[i], perm[j] = perm[j], perm[i]
     return em.add(Op.PERMUTE, (x,), {"perm": tuple(perm)}, loc)

@@ -1,0 +1,37 @@
+"""Block-size heuristics (no autotuning without a GPU): powers of two from the
+runtime sizes, so one generated kernel serves every batch size and sequence
+length. The same functions run in the launcher and in ahead-of-time compiles."""
+
+from __future__ import annotations
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def pointwise(numel: int) -> int:
+    """One program covers up to 1024 elements (fewer programs also keep the
+    interpreter fast)."""
+    return min(1024, max(16, next_pow2(numel)))
+
+
+def reduce_cols(n: int) -> int:
+    """A persistent reduction: the whole row in one block."""
+    if n > 16384:
+        raise ValueError(f"reductions over more than 16384 elements are not supported ({n})")
+    return max(2, next_pow2(n))
+
+
+def reduce_rows(rows: int, cols: int) -> int:
+    """Rows per program, keeping a tile at most 4096 elements."""
+    return max(1, min(next_pow2(rows), 4096 // reduce_cols(cols)))
+
+
+def tile(n: int) -> int:
+    """M or N tile of a dot: 16 (the tensor-core minimum) to 64."""
+    return min(64, max(16, next_pow2(n)))
+
+
+def tile_k(k: int) -> int:
+    """K tile: 16 or 32 (sm_90 needs K >= 8 for fp32, >= 16 for halves)."""
+    return min(32, max(16, next_pow2(k)))

@@ -1,0 +1,56 @@
+"""triton_rules: each elementwise primitive as a Triton expression template.
+
+The templates take the operands' expressions as {0}, {1}, {2}. `tanh` and `pow`
+call small helpers that every generated module carries (see PRELUDE): Triton
+has no tl.tanh, libdevice does not run in the interpreter, and the naive
+exp-based tanh returns NaN near -45.
+"""
+
+from __future__ import annotations
+
+from ember.ir.dtypes import DType
+from ember.ir.ops import Op
+
+TL_DTYPE = {DType.F32: "tl.float32", DType.F64: "tl.float64", DType.I32: "tl.int32",
+            DType.I64: "tl.int64", DType.BOOL: "tl.int1"}
+PTR_DTYPE = {DType.F32: "*fp32", DType.F64: "*fp64", DType.I32: "*i32", DType.I64: "*i64",
+             DType.BOOL: "*i1"}
+
+triton_rules: dict[Op, str] = {
+    Op.NEG: "-{0}", Op.EXP: "tl.exp({0})", Op.LOG: "tl.log({0})", Op.SQRT: "tl.sqrt({0})",
+    Op.RSQRT: "tl.rsqrt({0})", Op.ABS: "tl.abs({0})", Op.RELU: "tl.maximum({0}, 0.0)",
+    Op.SIGMOID: "tl.sigmoid({0})", Op.TANH: "_tanh({0})", Op.ERF: "tl.erf({0})",
+    Op.NOT: "{0} == 0",
+    Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
+    Op.POW: "_pow({0}, {1})", Op.MAXIMUM: "tl.maximum({0}, {1})",
+    Op.MINIMUM: "tl.minimum({0}, {1})", Op.LT: "{0} < {1}", Op.LE: "{0} <= {1}",
+    Op.GT: "{0} > {1}", Op.GE: "{0} >= {1}", Op.EQ: "{0} == {1}", Op.NE: "{0} != {1}",
+    Op.AND: "{0} & {1}", Op.OR: "{0} | {1}", Op.WHERE: "tl.where({0}, {1}, {2})",
+}
+
+PRELUDE = '''
+@triton.jit
+def _tanh(x):
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) never overflows; near 0
+    # the odd Taylor series keeps full relative precision where 1 - e cancels.
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
+    big = (1.0 - e) / (1.0 + e)
+    a2 = a * a
+    small = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0 + a2 * (
+        62.0 / 2835.0 + a2 * (-1382.0 / 155925.0 + a2 * (21844.0 / 6081075.0)))))))
+    t = tl.where(a < 0.125, small, big)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _pow(x, y):
+    # x ** y for any sign of x: |x| ** y, negated for odd integer y, NaN for a
+    # negative base with a fractional exponent; 0 ** 0 == 1 as in NumPy.
+    r = tl.exp(y * tl.log(tl.abs(x)))
+    is_int = y == tl.floor(y)
+    odd = is_int & (tl.floor(y * 0.5) * 2.0 != y)
+    r = tl.where((x < 0) & odd, -r, r)
+    r = tl.where((x < 0) & (y != tl.floor(y)), float("nan"), r)
+    return tl.where(y == 0, 1.0, r)
+'''

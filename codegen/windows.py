@@ -1,0 +1,112 @@
+"""Templates for the windowed kernels: conv2d as an implicit GEMM, and pooling.
+
+conv2d never builds an im2col buffer: each K step decodes its slice of
+(channel, kh, kw) from the K index and loads the input pixels it needs, with
+zero padding expressed as a mask. Pooling is a pointwise kernel over the pooled
+output with the window unrolled; padded taps are -inf (max) or 0 (avg).
+"""
+
+from __future__ import annotations
+
+from ember.ir import dims
+from ember.ir.ops import Op
+
+from . import ix
+from .ix import Ix
+from .templates import Launch, _name_index, dot_precision, operand, store_outputs
+from .writer import KernelWriter
+
+
+def conv(w: KernelWriter) -> Launch:
+    c = w.kernel.anchor
+    n = w.g.nodes[c]
+    x, wt = n.srcs
+    N, C, H, W = w.shape(x)
+    OC, CG, KH, KW = w.shape(wt)
+    _, _, OH, OW = w.shape(c)
+    (sh, sw), (ph, pw), (dh, dw), groups = (n.attrs["stride"], n.attrs["padding"],
+                                             n.attrs["dilation"], n.attrs["groups"])
+    rows = dims.mul(N, OH * OW)
+    ocg, ktot = OC // groups, CG * KH * KW
+    w.line("pid_m = tl.program_id(0)")
+    w.line("pid_n = tl.program_id(1)")
+    w.line("group = tl.program_id(2)")
+    w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
+    w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
+    w.masks.update(m=f"(rm < {ix.dim_text(rows)})", n=f"(rn < {ocg})")
+    bn, oh, ow = _name_index(w, ix.delinear(Ix("rm", frozenset("m")), (N, OH, OW)),
+                             ["batch", "oh", "ow"])
+    oc = w.let("oc", f"group * {ocg} + rn", frozenset("n")) if groups > 1 else Ix(
+        "rn", frozenset("n"))
+    w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float{_bits(w, c)})")
+    w.line(f"for k0 in range(0, {ktot}, BLOCK_K):")
+    w.push()
+    w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
+    w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
+    w.masks.update(ka=f"(ka < {ktot})", kb=f"(kb < {ktot})")
+    ca, kha, kwa = _name_index(w, ix.delinear(Ix("ka", frozenset({"ka"})), (CG, KH, KW)),
+                               ["ca", "kha", "kwa"])
+    ih = w.let("ih", f"oh * {sh} - {ph} + kha * {dh}", frozenset({"m", "ka"}))
+    iw = w.let("iw", f"ow * {sw} - {pw} + kwa * {dw}", frozenset({"m", "ka"}))
+    w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
+    cin = Ix(f"group * {CG} + ca", frozenset({"ka"})) if groups > 1 else ca
+    w.extra_mask = "inside"
+    va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
+    w.extra_mask = ""
+    cb, khb, kwb = _name_index(w, ix.delinear(Ix("kb", frozenset({"kb"})), (CG, KH, KW)),
+                               ["cb", "khb", "kwb"])
+    vb = operand(w, wt, (oc, cb, khb, kwb), {"kb", "n"}, "(BLOCK_K, BLOCK_N)")
+    w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, c)})", c)
+    w.pop()
+    out_idx = (bn, oc, oh, ow)
+    w.remember(c, out_idx, Ix("acc", frozenset({"m", "n"})))
+    store_outputs(w, {o: out_idx for o in w.kernel.outputs})
+    R = ix.dim_text(rows)
+    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({ocg}, BLOCK_N)", str(groups)],
+                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({ocg})",
+                   "BLOCK_K": f"blocks.tile_k({ktot})"})
+
+
+def _bits(w: KernelWriter, i: int) -> str:
+    return "64" if w.dtype(i).value == "f64" else "32"
+
+
+def pool(w: KernelWriter) -> Launch:
+    p = w.kernel.anchor
+    n = w.g.nodes[p]
+    x = n.srcs[0]
+    _, _, H, W = w.shape(x)
+    (kh, kw), (sh, sw), (ph, pw) = n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]
+    shape = w.shape(p)
+    numel = ix.dim_text(dims.prod(shape))
+    w.line("pid = tl.program_id(0)")
+    w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
+    w.line(f"mask = offs < {numel}")
+    w.masks["x"] = "mask"
+    bn, ch, oh, ow = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape),
+                                 ["batch", "ch", "oh", "ow"])
+    is_max = n.op is Op.MAX_POOL2D
+    fill = '-float("inf")' if is_max else "0.0"
+    w.line(f"acc = tl.full((BLOCK,), {fill}, dtype=tl.float{_bits(w, p)})")
+    w.line(f"for i in tl.static_range({kh}):")
+    w.depth += 1
+    w.line(f"for j in tl.static_range({kw}):")
+    w.push()
+    ih = w.let("ih", f"oh * {sh} - {ph} + i", frozenset("x"))
+    iw = w.let("iw", f"ow * {sw} - {pw} + j", frozenset("x"))
+    w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
+    w.extra_mask = "inside"
+    v = w.value(x, (bn, ch, ih, iw))
+    w.extra_mask = ""
+    tap = f"tl.where(inside, {v.text}, {fill})"
+    w.line(f"acc = tl.maximum(acc, {tap})" if is_max else f"acc += {tap}", p)
+    w.pop()
+    w.depth -= 1
+    if not is_max:
+        w.line(f"acc = acc / {kh * kw}", p)
+    idx = (bn, ch, oh, ow)
+    w.remember(p, idx, Ix("acc", frozenset("x")))
+    store_outputs(w, {o: idx for o in w.kernel.outputs})
+    return Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
+
+

@@ -1,0 +1,251 @@
+"""KernelWriter: the value-at-index machinery every kernel template uses.
+
+`value(node, idx)` returns the Triton expression of `node` at a multi-index,
+emitting lines as needed: buffers are loaded (masked by the masks of the tile
+axes the offset uses), views (reshape, permute, slice, gather, ...) become index
+arithmetic, elementwise ops become one line each via `triton_rules`. Values
+are memoized per (node, index) within a scope, so a subexpression is computed
+once; scopes are pushed for loop bodies (the K loop of a matmul, a pool
+window) whose values must not leak out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.ir.dims import Shape
+from ember.ir.dtypes import DType
+from ember.ir.graph import Graph, Node
+from ember.ir.ops import ELEMENTWISE, Op
+from ember.passes.fuse import Kernel, Plan
+
+from . import ix
+from .ix import Ix
+from .rules import TL_DTYPE, triton_rules
+
+IDENT = re.compile(r"[^0-9a-zA-Z_]")
+
+
+def sanitize(name: str) -> str:
+    return IDENT.sub("_", name)
+
+
+@dataclass
+class KernelWriter:
+    plan: Plan
+    kernel: Kernel
+    names: dict[int, str]                  # buffer node -> launcher variable name
+    precision: str = "ieee"
+    lines: list[str] = field(default_factory=list)
+    depth: int = 1
+    masks: dict[str, str] = field(default_factory=dict)
+    extra_mask: str = ""
+    memo: list[dict[Any, Ix]] = field(default_factory=lambda: [{}])
+    pointers: dict[str, int] = field(default_factory=dict)   # arg name -> node
+    scalars: dict[str, str] = field(default_factory=dict)    # arg name -> launcher expr
+    loads: set[str] = field(default_factory=set)
+    counters: dict[int, str] = field(default_factory=dict)   # loop counter -> launcher var
+
+    @property
+    def g(self) -> Graph:
+        return self.plan.graph
+
+    # ---- text ----------------------------------------------------------------
+    def line(self, text: str, node: int | None = None) -> None:
+        comment = ""
+        if node is not None:
+            n = self.g.nodes[node]
+            where = f" @ {n.loc.file.rsplit('/', 1)[-1]}:{n.loc.line}" if n.loc.line else ""
+            comment = f"  # {n.op.value}{where}"
+        self.lines.append("    " * self.depth + text + comment)
+
+    def let(self, name: str, expr: str, axes: frozenset[str], node: int | None = None) -> Ix:
+        self.line(f"{name} = {expr}", node)
+        return Ix(name, axes)
+
+    def fresh(self, base: str) -> str:
+        used = {ln.split("=")[0].strip() for ln in self.lines if "=" in ln}
+        name, k = base, 1
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def push(self) -> None:
+        self.memo.append({})
+        self.depth += 1
+
+    def pop(self) -> None:
+        self.memo.pop()
+        self.depth -= 1
+
+    # ---- values ----------------------------------------------------------------
+    def remember(self, node: int, idx: tuple[Ix, ...], v: Ix) -> None:
+        self.memo[-1][self._key(node, idx)] = v
+
+    def _key(self, node: int, idx: tuple[Ix, ...]) -> Any:
+        return node, tuple(i.text for i in idx), self.extra_mask
+
+    def value(self, i: int, idx: tuple[Ix, ...]) -> Ix:
+        key = self._key(i, idx)
+        for scope in reversed(self.memo):
+            if key in scope:
+                return scope[key]
+        v = self._compute(i, idx)
+        self.memo[-1][key] = v
+        return v
+
+    def is_buffer(self, i: int) -> bool:
+        """Is node i read from memory by this kernel (rather than computed here)?"""
+        home = self.plan.home.get(i)
+        return i in self.names and home != self._index
+
+    @property
+    def _index(self) -> int:
+        return self.plan.kernels.index(self.kernel)
+
+    def _compute(self, i: int, idx: tuple[Ix, ...]) -> Ix:
+        n = self.g.nodes[i]
+        if self.is_buffer(i) and n.op is not Op.CONST:
+            return self.load(i, idx)
+        if n.op in ELEMENTWISE:
+            return self._elementwise(i, n, idx)
+        rule = VIEW_RULES.get(n.op)
+        if rule is None:
+            raise AssertionError(f"{n.op.value} %{i} must be computed by its kernel template")
+        return rule(self, i, n, idx)
+
+    def _elementwise(self, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+        args = [self.value(s, ix.broadcast_index(idx, n.tensor.shape, self.shape(s)))
+                for s in n.srcs]
+        if n.op is Op.CAST:
+            expr = f"{args[0]}.to({TL_DTYPE[n.attrs['dtype']]})"
+        else:
+            expr = triton_rules[n.op].format(*(a.text for a in args))
+        axes = frozenset().union(*(a.axes for a in args))
+        return self.let(self.fresh(f"{n.op.value}{i}"), expr, axes, i)
+
+    def shape(self, i: int) -> Shape:
+        return self.g.nodes[i].tensor.shape
+
+    def dtype(self, i: int) -> DType:
+        return self.g.nodes[i].tensor.dtype
+
+    # ---- memory ------------------------------------------------------------------
+    def pointer(self, i: int) -> str:
+        name = f"{self.names[i]}_ptr"
+        self.pointers[name] = i
+        return name
+
+    def offset(self, i: int, idx: tuple[Ix, ...]) -> Ix:
+        return ix.linear(idx, self.shape(i))
+
+    def mask_for(self, axes: frozenset[str]) -> str:
+        parts = [self.masks[a] for a in sorted(axes) if a in self.masks]
+        if self.extra_mask:
+            parts.append(self.extra_mask)
+        return " & ".join(parts)
+
+    def load(self, i: int, idx: tuple[Ix, ...]) -> Ix:
+        off = self.offset(i, idx)
+        ptr = self.pointer(i)
+        mask = self.mask_for(off.axes)
+        addr = ptr if off.text == "0" else f"{ptr} + {off.text}"
+        expr = f"tl.load({addr}, mask={mask}, other=0)" if mask else f"tl.load({addr})"
+        v = self.let(self.fresh(self.names[i]), expr, off.axes)
+        self.loads.add(v.text)
+        return v
+
+    def store(self, i: int, idx: tuple[Ix, ...], v: Ix) -> None:
+        off = self.offset(i, idx)
+        mask = self.mask_for(off.axes)
+        addr = self.pointer(i) if off.text == "0" else f"{self.pointer(i)} + {off.text}"
+        self.line(f"tl.store({addr}, {v.text}" + (f", mask={mask})" if mask else ")"))
+
+    def constant(self, value: Any, dtype: DType) -> Ix:
+        if dtype is DType.F64:
+            return Ix(f"tl.full([], {value!r}, tl.float64)")
+        if dtype is DType.BOOL:
+            return Ix("1" if value else "0")
+        return Ix(repr(float(value)) if dtype.is_float else str(int(value)))
+
+
+# ---- views and leaves: index arithmetic, no data movement ---------------------------
+
+def _const(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    return w.constant(n.attrs["value"], n.tensor.dtype)
+
+
+def _iota(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    return idx[n.attrs["axis"]]
+
+
+def _rand(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    seed = "seed_" + sanitize(n.attrs["stream"])
+    w.scalars[seed] = f"stream_seed(seed, {n.attrs['stream']!r})"
+    flat = ix.linear(idx, n.tensor.shape)
+    return w.let(w.fresh(f"rand{i}"), f"tl.rand({seed}, {flat.text})", flat.axes, i)
+
+
+def _reshape(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    src = n.srcs[0]
+    return w.value(src, ix.reshape_index(idx, n.tensor.shape, w.shape(src)))
+
+
+def _permute(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    src_idx: list[Ix] = [ix.ZERO] * len(idx)
+    for k, p in enumerate(n.attrs["perm"]):
+        src_idx[p] = idx[k]
+    return w.value(n.srcs[0], tuple(src_idx))
+
+
+def _expand(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    return w.value(n.srcs[0], ix.broadcast_index(idx, n.tensor.shape, w.shape(n.srcs[0])))
+
+
+def _slice(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    src_idx = tuple(ix.add(Ix(str(start)), ix.mul(k, step))
+                    for k, start, step in zip(idx, n.attrs["starts"], n.attrs["steps"]))
+    return w.value(n.srcs[0], src_idx)
+
+
+def _index(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    at = w.value(n.srcs[1], ())
+    axis = n.attrs["axis"]
+    return w.value(n.srcs[0], idx[:axis] + (at,) + idx[axis:])
+
+
+def _gather(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    table, ids = n.srcs
+    rank = len(w.shape(ids))
+    row = w.value(ids, idx[:rank])
+    return w.value(table, (row,) + idx[rank:])
+
+
+def _concat(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    axis, at = n.attrs["axis"], idx[n.attrs["axis"]]
+    parts, start = [], 0
+    for s in n.srcs:
+        size = w.shape(s)[axis]
+        local = Ix(f"tl.minimum(tl.maximum({at.text} - {start}, 0), {size - 1})", at.axes)
+        parts.append((start + size, w.value(s, idx[:axis] + (local,) + idx[axis + 1:])))
+        start += size
+    expr = parts[-1][1].text
+    for end, v in reversed(parts[:-1]):
+        expr = f"tl.where({at.text} < {end}, {v.text}, {expr})"
+    axes = at.axes.union(*(v.axes for _, v in parts))
+    return w.let(w.fresh(f"concat{i}"), expr, axes, i)
+
+
+def _scalar_input(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    name = sanitize(n.attrs["name"])
+    w.scalars[name] = w.counters[i]
+    return Ix(name)
+
+
+VIEW_RULES = {
+    Op.CONST: _const, Op.FULL: _const, Op.IOTA: _iota, Op.RAND: _rand,
+    Op.RESHAPE: _reshape, Op.PERMUTE: _permute, Op.EXPAND: _expand, Op.SLICE: _slice,
+    Op.INDEX: _index, Op.GATHER: _gather, Op.CONCAT: _concat, Op.INPUT: _scalar_input,
+}

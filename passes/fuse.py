@@ -1,0 +1,283 @@
+"""fuse: group an optimized graph into kernels.
+
+The decision (`can_join`: may this node be computed inside that kernel, and if
+not, why) is kept apart from the rebuild (`fuse`, which walks the graph once
+and records the decisions in a `Plan`). The rules:
+
+- Anchors start kernels: matmul, conv2d, pooling and reductions.
+- An elementwise node joins the kernel of one of its operands (the latest) when
+  it lives in that kernel's iteration space: a matmul/conv/pool epilogue has
+  the anchor's output shape; a reduction kernel covers its full shape and its
+  per-row (reduced) shape. A reduction joins a reduction kernel over the same
+  shape and axes (softmax, layer_norm, cross_entropy's inner sum).
+- Movement ops, constants, iota and rand are never materialized: they are
+  folded into the index arithmetic of whichever kernel reads them. Elementwise
+  nodes that joined no kernel are likewise recomputed where they are used.
+- A value is stored to memory only when a node outside its kernel reads it,
+  or it is an output; graph outputs and loop operands computed by no kernel
+  get a pointwise kernel of their own.
+- LOOP regions are planned recursively; the launcher runs the body's kernels
+  once per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ember.ir import dims
+from ember.ir.dims import Shape
+from ember.ir.graph import Graph
+from ember.ir.ops import ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
+
+ANCHORS = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D}) | REDUCE
+FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND}) | MOVEMENT
+
+
+@dataclass
+class Kernel:
+    """One generated kernel: an anchor (or a pointwise root) and what joined it."""
+
+    kind: str                       # pointwise | reduce | matmul | conv | pool
+    anchor: int
+    nodes: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    space: tuple[Shape, tuple[int, ...]] = ((), ())   # reduce: (full shape, axes)
+    name: str = ""
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    kernels: list[Kernel]
+    home: dict[int, int]                  # node -> index of the kernel computing it
+    loops: dict[int, "Plan"]              # LOOP node -> plan of its body
+    unfused: list[tuple[int, int, str]]   # (producer, consumer, why not fused)
+    order: list[int] = field(default_factory=list)   # steps: kernel indices, or ~loop node
+
+    def kernel_of(self, node: int) -> Kernel | None:
+        k = self.home.get(node)
+        return None if k is None else self.kernels[k]
+
+
+KIND = {Op.MATMUL: "matmul", Op.CONV2D: "conv", Op.MAX_POOL2D: "pool", Op.AVG_POOL2D: "pool"}
+
+
+def fuse(g: Graph, enabled: bool = True) -> Plan:
+    """Plan g's kernels; with enabled=False every compute op is its own kernel."""
+    plan = Plan(g, [], {}, {}, [])
+    for i, n in enumerate(g.nodes):
+        if n.op is Op.LOOP:
+            plan.loops[i] = fuse(n.attrs["body"], enabled)
+        elif n.op in ANCHORS:
+            _place_anchor(plan, i, enabled)
+        elif n.op in ELEMENTWISE and enabled:
+            _try_join(plan, i)
+    _materialize(plan, enabled)
+    _mark_outputs(plan)
+    plan.order = _schedule(plan)
+    _name_kernels(plan)
+    return plan
+
+
+# ---- the decision -------------------------------------------------------------
+
+def can_join(plan: Plan, k: int, i: int) -> str | None:
+    """None if node i may be computed in kernel k, else the reason it may not."""
+    g, kern = plan.graph, plan.kernels[k]
+    n = g.nodes[i]
+    shape = n.tensor.shape
+    if kern.kind == "reduce":
+        if not _in_reduce_space(shape, kern.space) and n.op not in REDUCE:
+            return (f"{n.op.value} {dims.fmt(shape)} is outside the reduction's space "
+                    f"{dims.fmt(kern.space[0])}")
+        if n.op in REDUCE and (g.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"]) != kern.space:
+            return f"{n.op.value} reduces a different shape or axes"
+        if n.op is Op.ARGMAX:
+            return "argmax stays its own kernel"
+    elif n.op in REDUCE:
+        return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
+    elif shape != g.nodes[kern.anchor].tensor.shape:
+        return (f"{n.op.value} {dims.fmt(shape)} does not match the {kern.kind} output "
+                f"{dims.fmt(g.nodes[kern.anchor].tensor.shape)}")
+    for s in n.srcs:
+        if plan.home.get(s) != k and k in _reads(plan, s):
+            return f"an operand reaches kernel {k} through a view or another kernel"
+    if any(_depends_on(plan, d, k) for s in n.srcs for d in _reads(plan, s) if d != k):
+        return "joining would make two kernels wait for each other"
+    return None
+
+
+def _in_reduce_space(shape: Shape, space: tuple[Shape, tuple[int, ...]]) -> bool:
+    full, axes = space
+    keep = tuple(1 if a in axes else d for a, d in enumerate(full))
+    rows = tuple(d for a, d in enumerate(full) if a not in axes)
+    return shape in (full, keep, rows)
+
+
+def _reads(plan: Plan, i: int) -> set[int]:
+    """Steps (kernels, or ~node for a loop) whose stored results node i reads."""
+    k = plan.home.get(i)
+    if k is not None:
+        return {k}
+    n = plan.graph.nodes[i]
+    if n.op is Op.GET and plan.graph.nodes[n.srcs[0]].op is Op.LOOP:
+        return {~n.srcs[0]}
+    out: set[int] = set()
+    for s in plan.graph.nodes[i].srcs:
+        out |= _reads(plan, s)
+    return out
+
+
+def _kernel_deps(plan: Plan, k: int) -> set[int]:
+    """The steps a kernel (or, for k < 0, a loop) must wait for."""
+    deps: set[int] = set()
+    nodes = plan.kernels[k].nodes if k >= 0 else [~k]
+    for i in nodes:
+        for s in plan.graph.nodes[i].srcs:
+            deps |= _reads(plan, s)
+    deps.discard(k)
+    return deps
+
+
+def _depends_on(plan: Plan, a: int, b: int) -> bool:
+    """Does kernel a (transitively) need kernel b's results?"""
+    seen, todo = set(), [a]
+    while todo:
+        k = todo.pop()
+        if k == b:
+            return True
+        if k not in seen:
+            seen.add(k)
+            todo.extend(_kernel_deps(plan, k))
+    return False
+
+
+# ---- the rebuild ---------------------------------------------------------------
+
+def _new_kernel(plan: Plan, kind: str, i: int) -> None:
+    n = plan.graph.nodes[i]
+    kern = Kernel(kind, i, [i])
+    if kind == "reduce":
+        kern.space = (plan.graph.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"])
+    plan.kernels.append(kern)
+    plan.home[i] = len(plan.kernels) - 1
+
+
+def _join(plan: Plan, k: int, i: int) -> None:
+    plan.kernels[k].nodes.append(i)
+    plan.home[i] = k
+
+
+def _place_anchor(plan: Plan, i: int, enabled: bool) -> None:
+    n = plan.graph.nodes[i]
+    if n.op in REDUCE and enabled:
+        for k in _candidates(plan, i):
+            if plan.kernels[k].kind == "reduce" and can_join(plan, k, i) is None:
+                _join(plan, k, i)
+                return
+    _new_kernel(plan, KIND.get(n.op, "reduce"), i)
+
+
+def _candidates(plan: Plan, i: int) -> list[int]:
+    """Kernels computing an operand of i directly, latest first."""
+    ks = {plan.home[s] for s in plan.graph.nodes[i].srcs if s in plan.home}
+    return sorted(ks, reverse=True)
+
+
+def _try_join(plan: Plan, i: int) -> None:
+    for k in _candidates(plan, i):
+        why = can_join(plan, k, i)
+        if why is None:
+            _join(plan, k, i)
+            return
+        src = next(s for s in plan.graph.nodes[i].srcs if plan.home.get(s) == k)
+        plan.unfused.append((src, i, why))
+
+
+def _materialize(plan: Plan, enabled: bool) -> None:
+    """Give a pointwise kernel to every value that must be in memory but has none."""
+    g = plan.graph
+    needed = set(g.outputs)
+    for n in g.nodes:
+        if n.op is Op.LOOP:
+            needed.update(n.srcs)
+    if not enabled:
+        needed.update(i for i, n in enumerate(g.nodes) if n.op in ELEMENTWISE)
+    for i in sorted(needed):
+        op = g.nodes[i].op
+        if i not in plan.home and op not in LEAF - FREE and op not in (Op.GET, Op.LOOP):
+            _new_kernel(plan, "pointwise", i)
+    _merge_pointwise(plan)
+
+
+def _merge_pointwise(plan: Plan) -> None:
+    """A pointwise root recomputed inside a later same-shape root is stored there."""
+    g = plan.graph
+    roots = [k for k, kern in enumerate(plan.kernels) if kern.kind == "pointwise"]
+    for a in roots:
+        for b in roots:
+            ka, kb = plan.kernels[a], plan.kernels[b]
+            if (a != b and ka.nodes and kb.nodes and ka.anchor < kb.anchor
+                    and g.nodes[ka.anchor].tensor.shape == g.nodes[kb.anchor].tensor.shape
+                    and ka.anchor in _inlined_closure(plan, kb.anchor)):
+                kb.nodes[:0] = ka.nodes
+                for i in ka.nodes:
+                    plan.home[i] = b
+                ka.nodes = []
+    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
+    plan.home.clear()
+    for k, kern in enumerate(plan.kernels):
+        for i in kern.nodes:
+            plan.home[i] = k
+
+
+def _inlined_closure(plan: Plan, root: int) -> set[int]:
+    """Nodes whose value is recomputed when `root` is computed (not loaded)."""
+    out, todo = set(), list(plan.graph.nodes[root].srcs)
+    while todo:
+        i = todo.pop()
+        if i not in out and plan.home.get(i) is None:
+            out.add(i)
+            todo.extend(plan.graph.nodes[i].srcs)
+        elif plan.kernels[plan.home[i]].kind == "pointwise" and i not in out:
+            out.add(i)  # another root: its kernel could store it instead
+    return out
+
+
+def _mark_outputs(plan: Plan) -> None:
+    g = plan.graph
+    users = g.users()
+    graph_outs = set(g.outputs)
+    for k, kern in enumerate(plan.kernels):
+        kern.outputs = [i for i in kern.nodes
+                        if i in graph_outs or any(plan.home.get(u) != k for u in users[i])]
+
+
+def _schedule(plan: Plan) -> list[int]:
+    """Kernel launch order: dependencies first; a loop runs where its node is.
+    A step is a kernel index, or ~node for a LOOP node."""
+    steps: list[int] = []
+    done: set[int] = set()
+    pending = sorted([(kern.anchor, k) for k, kern in enumerate(plan.kernels)] +
+                     [(i, ~i) for i in plan.loops])
+    while pending:
+        for pos, (_, step) in enumerate(pending):
+            if _kernel_deps(plan, step) <= done:
+                steps.append(step)
+                done.add(step)
+                pending.pop(pos)
+                break
+        else:
+            raise AssertionError("fusion produced a dependency cycle")
+    return steps
+
+
+def _name_kernels(plan: Plan) -> None:
+    g = plan.graph
+    for kern in plan.kernels:
+        ops = []
+        for i in sorted(kern.nodes):
+            name = g.nodes[i].op.value
+            if name not in ops:
+                ops.append(name)
+        kern.name = "_".join(ops[:4])
