@@ -35,7 +35,7 @@ def dim_text(d: Dim) -> str:
     return " * ".join(parts)
 
 
-def _wrap(t: str) -> str:
+def wrap(t: str) -> str:
     return t if t.replace("_", "").isalnum() else f"({t})"
 
 
@@ -47,21 +47,21 @@ def add(a: Ix, b: Ix) -> Ix:
     return Ix(f"{a.text} + {b.text}", a.axes | b.axes)
 
 
-def mul(a: Ix, d: Dim | str) -> Ix:
-    t = d if isinstance(d, str) else dim_text(d)
+def mul(a: Ix, d: Dim) -> Ix:
+    t = dim_text(d)
     if a.text == "0" or t == "0":
         return ZERO
     if t == "1":
         return a
-    return Ix(f"{_wrap(a.text)} * {_wrap(t)}", a.axes)
+    return Ix(f"{wrap(a.text)} * {wrap(t)}", a.axes)
 
 
 def floordiv(a: Ix, d: Dim) -> Ix:
-    return a if d == 1 else Ix(f"{_wrap(a.text)} // {_wrap(dim_text(d))}", a.axes)
+    return a if d == 1 else Ix(f"{wrap(a.text)} // {wrap(dim_text(d))}", a.axes)
 
 
 def mod(a: Ix, d: Dim) -> Ix:
-    return ZERO if d == 1 else Ix(f"{_wrap(a.text)} % {_wrap(dim_text(d))}", a.axes)
+    return ZERO if d == 1 else Ix(f"{wrap(a.text)} % {wrap(dim_text(d))}", a.axes)
 
 
 def strides(shape: Shape) -> list[Dim]:

@@ -213,7 +213,7 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
     lp = f"{prefix}l{node}_"
     inner: dict[int, str] = {}
     step_var = lp + sanitize(body.nodes[body.inputs[0]].attrs["name"])
-    inner_counters = dict(counters, **{body.inputs[0]: step_var})
+    inner_counters = {**counters, body.inputs[0]: step_var}
     lines = [f"{pad}# loop %{node}: {n.attrs['n_carry']} carried values, "
              f"{len(n.srcs) - n.attrs['n_carry']} captured"]
     for bi, src in zip(body.inputs[1:], n.srcs):

@@ -43,9 +43,11 @@ def _index_names(shape: Shape, prefix: str = "i") -> list[str]:
     return [f"{prefix}{k}" for k in range(len(shape))]
 
 
-def store_outputs(w: KernelWriter, idx_for: dict[int, tuple[Ix, ...]]) -> None:
+def store_outputs(w: KernelWriter, idx_for: dict[int, tuple[Ix, ...]],
+                  offsets: dict[int, Ix] | None = None) -> None:
     for out in w.kernel.outputs:
-        w.store(out, idx_for[out], w.value(out, idx_for[out]))
+        off = (offsets or {}).get(out)
+        w.store(out, idx_for[out], w.value(out, idx_for[out]), off)
 
 
 # ---- pointwise --------------------------------------------------------------------
@@ -93,7 +95,9 @@ def reduce(w: KernelWriter) -> Launch:
         if n.op in REDUCE:
             _reduction(w, i, full_idx, n_r)
             w.remember(i, keep_idx if n.attrs["keepdims"] else kept_idx, Ix(f"red{i}", frozenset("x")))
-    store_outputs(w, {o: spaces[w.shape(o)] for o in w.kernel.outputs})
+    # a per-row result's offset is the row number itself (also for a scalar)
+    per_row = {o: Ix("rows", frozenset("x")) for o in w.kernel.outputs if w.shape(o) != full}
+    store_outputs(w, {o: spaces[w.shape(o)] for o in w.kernel.outputs}, per_row)
     return Launch([f"triton.cdiv({n_rows}, XBLOCK)"],
                   {"XBLOCK": f"blocks.reduce_rows({n_rows}, {n_r})",
                    "RBLOCK": f"blocks.reduce_cols({n_r})"})
@@ -106,7 +110,7 @@ def _reduction(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -> N
     if n.op in (Op.SUM, Op.MEAN):
         expr = f"tl.sum({masked}, axis=1, keep_dims=True)"
         if n.op is Op.MEAN:
-            expr = f"{expr} / {n_r}"
+            expr = f"{expr} / {ix.wrap(n_r)}"
     elif n.op is Op.ARGMAX:
         expr = f"tl.argmax({masked}, axis=1, keep_dims=True)"
     else:

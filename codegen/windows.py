@@ -46,10 +46,10 @@ def conv(w: KernelWriter) -> Launch:
     w.masks.update(ka=f"(ka < {ktot})", kb=f"(kb < {ktot})")
     ca, kha, kwa = _name_index(w, ix.delinear(Ix("ka", frozenset({"ka"})), (CG, KH, KW)),
                                ["ca", "kha", "kwa"])
-    ih = w.let("ih", f"oh * {sh} - {ph} + kha * {dh}", frozenset({"m", "ka"}))
-    iw = w.let("iw", f"ow * {sw} - {pw} + kwa * {dw}", frozenset({"m", "ka"}))
+    ih = w.let("ih", f"{oh} * {sh} - {ph} + {kha} * {dh}", frozenset({"m", "ka"}))
+    iw = w.let("iw", f"{ow} * {sw} - {pw} + {kwa} * {dw}", frozenset({"m", "ka"}))
     w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
-    cin = Ix(f"group * {CG} + ca", frozenset({"ka"})) if groups > 1 else ca
+    cin = Ix(f"group * {CG} + {ca}", frozenset({"ka"})) if groups > 1 else ca
     w.extra_mask = "inside"
     va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
     w.extra_mask = ""
@@ -92,8 +92,8 @@ def pool(w: KernelWriter) -> Launch:
     w.depth += 1
     w.line(f"for j in tl.static_range({kw}):")
     w.push()
-    ih = w.let("ih", f"oh * {sh} - {ph} + i", frozenset("x"))
-    iw = w.let("iw", f"ow * {sw} - {pw} + j", frozenset("x"))
+    ih = w.let("ih", f"{oh} * {sh} - {ph} + i", frozenset("x"))
+    iw = w.let("iw", f"{ow} * {sw} - {pw} + j", frozenset("x"))
     w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
     w.extra_mask = "inside"
     v = w.value(x, (bn, ch, ih, iw))

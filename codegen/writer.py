@@ -157,8 +157,8 @@ class KernelWriter:
         self.loads.add(v.text)
         return v
 
-    def store(self, i: int, idx: tuple[Ix, ...], v: Ix) -> None:
-        off = self.offset(i, idx)
+    def store(self, i: int, idx: tuple[Ix, ...], v: Ix, off: Ix | None = None) -> None:
+        off = off or self.offset(i, idx)
         mask = self.mask_for(off.axes)
         addr = self.pointer(i) if off.text == "0" else f"{self.pointer(i)} + {off.text}"
         self.line(f"tl.store({addr}, {v.text}" + (f", mask={mask})" if mask else ")"))

@@ -26,6 +26,13 @@ def _dims(text: str) -> dict[str, int]:
     return out
 
 
+def _input_pair(text: str) -> str:
+    name, sep, file = text.partition("=")
+    if not sep or not name.strip() or not file:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, found '{text}'")
+    return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .ember model file")
     p.add_argument("--entry", default="forward", help="the model function to compile (forward)")
@@ -48,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a model function")
     _common(r)
     r.add_argument("--backend", choices=commands.BACKENDS, default="auto")
-    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="an input from a .npy file (repeatable)")
+    r.add_argument("--input", action="append", default=[], type=_input_pair,
+                   metavar="NAME=FILE.npy", help="an input from a .npy file (repeatable)")
     r.add_argument("--inputs", metavar="FILE.npz", help="inputs by name from a .npz file")
     r.add_argument("--params", metavar="FILE", help="parameters (.npz or .safetensors)")
     r.add_argument("--save-params", metavar="FILE", help="write the parameters used")

@@ -285,12 +285,15 @@ def test_missing_model_file(tmp_path: Path) -> None:
                 "ember: error: model file 'nope.ember' does not exist\n")
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    r = ember(tmp_path, "run", "m.ember", "--dims", "B8")
+@pytest.mark.parametrize("args, last_line", [
+    (["--dims", "B8"], "argument --dims: expected NAME=INT[,NAME=INT...], found 'B8'"),
+    (["--input", "x.npy"], "argument --input: expected NAME=FILE.npy, found 'x.npy'"),
+])
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], last_line: str) -> None:
+    r = ember(tmp_path, "run", "m.ember", *args)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("usage: ember run ")
-    assert r.stderr.endswith(
-        "ember run: error: argument --dims: expected NAME=INT[,NAME=INT...], found 'B8'\n")
+    assert r.stderr.endswith(f"ember run: error: {last_line}\n")
     assert "Traceback" not in r.stderr
 
 
