@@ -24,6 +24,7 @@ from ember.codegen.module import Module, emit_triton
 from ember.ir.graph import Graph
 
 from .oracle import bind_input
+from .pool import Pool
 
 
 def has_gpu() -> bool:
@@ -71,10 +72,9 @@ class TritonProgram:
         self.py = load_module(self.module.source)
 
     def __call__(self, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
-                 seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+                 seed: int = 0, dims: Mapping[str, int] | None = None,
+                 pool: Pool | None = None) -> dict[str, np.ndarray]:
         import torch
-
-        from .pool import Pool
         env = dict(dims or {})
         for i in self.graph.inputs:
             n = self.graph.nodes[i]
@@ -83,5 +83,5 @@ class TritonProgram:
         t_in = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
         t_par = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in params.items()}
         env = {s: env.get(s, 1) for s in self.module.symbols}
-        outs = self.py.launch(t_in, t_par, env, seed, Pool(dev))
+        outs = self.py.launch(t_in, t_par, env, seed, pool or Pool(dev))
         return {k: v.cpu().numpy() for k, v in outs.items()}

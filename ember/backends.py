@@ -1,0 +1,91 @@
+"""Backend choice, and `--check`: compare a backend's outputs with the oracle.
+
+Tolerances are per dtype and dot precision, compared as |got - want| <=
+atol + rtol * |want| elementwise:
+- float64: 1e-10. Kernels sum in a different order than NumPy; in float64
+  that moves results by a few ulp (~1e-15), far inside the bound.
+- float32 with ieee or tf32x3 dots: 1e-4. fp32 accumulation in another order
+  gives errors ~1e-6 * sqrt(K) (3.7e-5 at K = 1024 in our measurements).
+- float32 with tf32 dots: 2e-2. TF32 keeps 10 mantissa bits per operand
+  (relative error ~1e-3 each, growing with K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ember.ir.graph import Graph
+from ember.runtime import oracle
+
+BACKENDS = ("auto", "numpy", "triton")
+DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+def tolerance(dtype: np.dtype, precision: str) -> tuple[float, float]:
+    """(atol, rtol) for outputs of this dtype under this dot precision."""
+    if dtype == np.float64:
+        return 1e-10, 1e-10
+    if precision == "tf32":
+        return 2e-2, 2e-2
+    return 1e-4, 1e-4
+
+
+def choose(requested: str) -> tuple[str, str]:
+    """The backend to use and a sentence saying why."""
+    if requested != "auto":
+        return requested, f"{requested} (requested)"
+    from ember.runtime.triton_backend import has_gpu
+    if has_gpu():
+        return "triton", "triton (auto: a CUDA GPU is present)"
+    return "numpy", "numpy (auto: no CUDA GPU, so the NumPy oracle)"
+
+
+def run(backend: str, g: Graph, inputs: Mapping[str, np.ndarray],
+        params: Mapping[str, np.ndarray], seed: int, env: Mapping[str, int],
+        precision: str = "ieee", fused: bool = True) -> dict[str, np.ndarray]:
+    if backend == "numpy":
+        outs = oracle.evaluate(g, dict(inputs), dict(params), seed, dict(env))
+        return dict(zip(g.output_names, outs))
+    from ember.runtime.triton_backend import TritonProgram
+    return TritonProgram(g, fused=fused, precision=precision)(inputs, params, seed, env)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    ok: bool
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        return (f"check {self.name}: max abs err {self.max_abs:.3g}, max rel err "
+                f"{self.max_rel:.3g} (tolerance atol {self.atol:g}, rtol {self.rtol:g}) {verdict}")
+
+
+def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
+            precision: str) -> list[Comparison]:
+    """One Comparison per output."""
+    out = []
+    for name, w in want.items():
+        g = got[name]
+        atol, rtol = tolerance(w.dtype, precision)
+        if g.shape != w.shape or g.dtype != w.dtype:
+            out.append(Comparison(name, float("inf"), float("inf"), atol, rtol, False))
+            continue
+        gf, wf = g.astype(np.float64), w.astype(np.float64)
+        err = np.abs(gf - wf)
+        rel = err / np.maximum(np.abs(wf), np.finfo(np.float64).tiny)
+        ok = bool(np.all((err <= atol + rtol * np.abs(wf)) | (np.isnan(gf) & np.isnan(wf))))
+        out.append(Comparison(name, _max(err), _max(rel), atol, rtol, ok))
+    return out
+
+
+def _max(a: np.ndarray) -> float:
+    a = a[~np.isnan(a)]
+    return float(a.max()) if a.size else 0.0
