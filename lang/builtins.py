@@ -44,8 +44,10 @@ def call_builtin(em: Any, name: str, args: list[Any], kwargs: dict[str, Any], lo
 
 
 def signature(name: str) -> str:
+    """A builtin's user-facing signature, e.g. `(x, axis=-1)`."""
     params = list(inspect.signature(BUILTINS[name]).parameters.values())[2:]
-    return "(" + ", ".join(str(p) for p in params) + ")"
+    bare = [p.replace(annotation=inspect.Parameter.empty) for p in params]
+    return "(" + ", ".join(str(p) for p in bare) + ")"
 
 
 # ---- argument helpers -------------------------------------------------------

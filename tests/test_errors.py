@@ -119,7 +119,7 @@ model M {
   def forward(x: f32[B, 4]) -> f32[B, 4] { return softmax(x, dim=1) }
 }
 """, """\
-m.ember:2:51: error: bad arguments to softmax(x: 'Any', axis: 'int' = -1): \
+m.ember:2:51: error: bad arguments to softmax(x, axis=-1): \
 got an unexpected keyword argument 'dim'
     2 |   def forward(x: f32[B, 4]) -> f32[B, 4] { return softmax(x, dim=1) }
       |                                                   ^^^^^^^^^^^^^^^^^
