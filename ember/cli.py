@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from ember.ir.loc import DSLError
 
 from . import commands
+from .backends import BACKENDS, DOT_PRECISIONS
 
 
 def _dims(text: str) -> dict[str, int]:
@@ -42,6 +43,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="training mode: dropout active, batch norm uses batch statistics")
     p.add_argument("--precision", choices=("f32", "f64"), default="f32",
                    help="f64 runs f32-declared models in float64 (oracle checks)")
+    p.add_argument("--dot-precision", choices=DOT_PRECISIONS, default="ieee",
+                   help="fp32 tl.dot precision in generated kernels (ieee)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="one kernel per operation (to compare with fused code)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c)
     c.add_argument("--emit", choices=commands.EMIT_CHOICES, default="opt",
                    help="the stage to print (opt)")
+    c.add_argument("--json", action="store_true", help="--emit report: print JSON")
+    c.add_argument("-o", "--output", metavar="DIR",
+                   help="--emit triton: write the kernel module to DIR")
+    c.add_argument("--target", choices=("sm_90",),
+                   help="compile every kernel ahead of time for this GPU (no GPU needed)")
     r = sub.add_parser("run", help="run a model function")
     _common(r)
-    r.add_argument("--backend", choices=commands.BACKENDS, default="auto")
+    r.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: triton on a CUDA GPU, else the numpy oracle")
+    r.add_argument("--check", action="store_true",
+                   help="also run the oracle and compare every output (exit 1 if off)")
     r.add_argument("--input", action="append", default=[], type=_input_pair,
                    metavar="NAME=FILE.npy", help="an input from a .npy file (repeatable)")
     r.add_argument("--inputs", metavar="FILE.npz", help="inputs by name from a .npz file")

@@ -15,10 +15,9 @@ from ember.lang.emitter import Options
 from ember.runtime.inputs import draw_inputs, load_inputs
 from ember.runtime.params_io import check_params, load_params, save_params
 
-from . import api
+from . import api, backends
 
-EMIT_CHOICES = ("ast", "ir", "opt")
-BACKENDS = ("auto", "numpy")
+EMIT_CHOICES = ("ast", "ir", "opt", "kernels", "triton", "report")
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -30,26 +29,44 @@ def compile_cmd(args: argparse.Namespace) -> int:
     if args.emit == "ast":
         print(format_ast(program))
         return 0
-    g = api.compile_program(program, args.entry, args.emit, _options(args), args.dims)
-    print(print_graph(g))
-    return 0
+    stage = "ir" if args.emit == "ir" else "opt"
+    g = api.compile_program(program, args.entry, stage, _options(args), args.dims)
+    if args.emit in ("ir", "opt") and not args.target:
+        print(print_graph(g))
+        return 0
+    from .kernel_cmds import compile_kernels
+    return compile_kernels(g, args)
 
 
 def run_cmd(args: argparse.Namespace) -> int:
     g = api.compile_file(args.model, args.entry, options=_options(args), dims=args.dims)
-    print(f"backend: numpy ({'requested' if args.backend == 'numpy' else 'auto'})")
+    backend, why = backends.choose(args.backend)
+    print(f"backend: {why}")
     params = _params(g, args)
     given = load_inputs(g, args.input, args.inputs)
     inputs, env, notes = draw_inputs(g, given, args.dims, args.seed)
     for note in notes:
         print(note)
-    outs = api.run(g, inputs, params, args.seed, env)
+    outs = backends.run(backend, g, inputs, params, args.seed, env, args.dot_precision,
+                        fused=not args.no_fuse)
     for name, value in outs.items():
         print(_summary(name, value))
+    failed = _check(args, g, inputs, params, env, outs) if args.check else False
     if args.output:
         _save_outputs(args.output, outs)
         print(f"wrote {', '.join(outs)} to {args.output}")
-    return 0
+    return 1 if failed else 0
+
+
+def _check(args: argparse.Namespace, g: Graph, inputs: dict[str, np.ndarray],
+           params: dict[str, np.ndarray], env: dict[str, int],
+           outs: dict[str, np.ndarray]) -> bool:
+    """Compare with the oracle; True if some output is outside its tolerance."""
+    want = api.run(g, inputs, params, args.seed, env)
+    results = backends.compare(outs, want, args.dot_precision)
+    for r in results:
+        print(r)
+    return not all(r.ok for r in results)
 
 
 def _save_outputs(path: str, outs: dict[str, np.ndarray]) -> None:

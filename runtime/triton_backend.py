@@ -22,6 +22,7 @@ import numpy as np
 
 from ember.codegen.module import Module, emit_triton
 from ember.ir.graph import Graph
+from ember.ir.loc import DSLError
 
 from .oracle import bind_input
 from .pool import Pool
@@ -82,6 +83,9 @@ class TritonProgram:
         dev = device()
         t_in = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
         t_par = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in params.items()}
-        env = {s: env.get(s, 1) for s in self.module.symbols}
+        unbound = sorted(set(self.module.symbols) - set(env))
+        if unbound:
+            raise DSLError(f"dimension {unbound[0]} is not bound by the inputs; pass --dims "
+                           f"{unbound[0]}=N")
         outs = self.py.launch(t_in, t_par, env, seed, pool or Pool(dev))
         return {k: v.cpu().numpy() for k, v in outs.items()}

@@ -1,0 +1,103 @@
+"""`ember compile` stages past the IR: kernels, Triton source, reports, sm_90.
+
+    --emit kernels         kernel groups, their ops and DSL lines, unfused pairs
+    --emit triton [-o DIR] the generated module (kernels + launcher)
+    --emit report [--json] bytes and flops per kernel at --dims
+    --target sm_90         compile every kernel ahead of time; add registers,
+                           spills and shared memory; fail on spills or > 227 KiB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ember.codegen import aot, blocks
+from ember.codegen.module import KernelCode, Module, emit_triton
+from ember.codegen.report import describe, report
+from ember.ir.graph import Graph
+from ember.ir.loc import DSLError
+
+
+def compile_kernels(g: Graph, args: argparse.Namespace) -> int:
+    mod = emit_triton(g, fused=not args.no_fuse, precision=args.dot_precision,
+                      title=f"{Path(args.model).name} {args.entry}")
+    if args.emit == "kernels":
+        print(describe(mod))
+    elif args.emit == "triton":
+        _emit_source(mod, args, g)
+    resources = _aot(mod, args.dims) if args.target else None
+    if args.emit == "report":
+        rep = report(mod, args.dims)
+        if resources:
+            for k, r in zip(rep["kernels"], resources):
+                k.update(registers=r.registers, spills=r.spills, shared_bytes=r.shared_bytes)
+        print(json.dumps(rep, indent=2) if args.json else _table(rep))
+    elif resources and args.emit not in ("kernels", "triton"):
+        print(_resource_table(mod, resources))
+    return _verdict(resources)
+
+
+def _emit_source(mod: Module, args: argparse.Namespace, g: Graph) -> None:
+    if not args.output:
+        print(mod.source)
+        return
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{Path(args.model).stem}_{args.entry}.py"
+        path.write_text(mod.source)
+    except OSError as e:
+        raise DSLError(f"cannot write kernels to '{out}': {e.strerror or e}") from None
+    print(f"wrote {len(mod.kernels)} kernels and the launcher to {path}")
+
+
+def launch_constants(code: KernelCode, env: dict[str, int]) -> dict[str, int]:
+    """The block sizes the launcher would pick at these dims."""
+    scope: dict[str, Any] = {"blocks": blocks, **env}
+    try:
+        return {k: int(eval(expr, scope)) for k, expr in code.launch.constexprs.items()}
+    except NameError as e:
+        raise DSLError(f"compiling for a GPU needs every dimension bound: {e}; pass --dims") \
+            from None
+
+
+def _aot(mod: Module, env: dict[str, int]) -> list[aot.KernelResources]:
+    with tempfile.TemporaryDirectory(prefix="ember-sm90-") as tmp:
+        path = Path(tmp) / "kernels.py"
+        path.write_text(mod.source)
+        jobs = [{"path": str(path), "fn_name": c.name, "signature": c.signature(),
+                 "constexprs": launch_constants(c, env), "num_warps": c.launch.num_warps}
+                for c in mod.kernels]
+        try:
+            return aot.compile_kernels(jobs)
+        except aot.AOTError as e:
+            raise DSLError(f"kernel {e.kernel} does not compile for sm_90: {e.message}") from None
+
+
+def _verdict(resources: list[aot.KernelResources] | None) -> int:
+    problems = [f"{r.name}: {p}" for r in resources or [] for p in aot.check_resources(r)]
+    for p in problems:
+        print(f"error: {p}")
+    return 1 if problems else 0
+
+
+def _table(rep: dict[str, Any]) -> str:
+    lines = [f"{'kernel':<34} {'launches':>8} {'bytes':>12} {'flops':>12}"]
+    for k in rep["kernels"]:
+        lines.append(f"{k['name']:<34} {k['launches']:>8} {k['bytes']:>12} {k['flops']:>12}")
+    t = rep["total"]
+    lines.append(f"{'total (' + str(t['kernels']) + ' kernels)':<34} {t['launches']:>8} "
+                 f"{t['bytes']:>12} {t['flops']:>12}")
+    return "\n".join(lines)
+
+
+def _resource_table(mod: Module, resources: list[aot.KernelResources]) -> str:
+    lines = [f"{'kernel (sm_90)':<34} {'regs':>5} {'spills':>7} {'shared':>8} {'warps':>5}"]
+    for r in resources:
+        lines.append(f"{r.name:<34} {r.registers:>5} {r.spills:>7} {r.shared_bytes:>8} "
+                     f"{r.num_warps:>5}")
+    return "\n".join(lines)
