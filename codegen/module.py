@@ -130,7 +130,7 @@ def _kernel_comment(plan: Plan, kern: Kernel, name: str) -> str:
 
 def _launcher(plan: Plan, state: _State) -> str:
     g = plan.graph
-    lines = [f'def launch(inputs, params, dims, seed, pool):',
+    lines = ['def launch(inputs, params, dims, seed, pool):',
              f'    """Run {g.name}: returns its outputs by name."""']
     lines += [f'    {s} = dims["{s}"]' for s in sorted(state.symbols)]
     names: dict[int, str] = {}
@@ -160,7 +160,7 @@ Step = tuple[list[str], set[str], set[str]]   # (lines, reads, writes)
 def _plan_steps(plan: Plan, names: dict[int, str], counters: dict[int, str], state: _State,
                 pad: str, prefix: str) -> list[Step]:
     g = plan.graph
-    for k, kern in enumerate(plan.kernels):
+    for kern in plan.kernels:
         for o in kern.outputs:
             names[o] = f"{prefix}v{o}"
     steps: list[Step] = []

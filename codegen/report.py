@@ -11,7 +11,8 @@ run once per step; `launches` says how many times.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ember.ir import dims
 from ember.ir.graph import Graph

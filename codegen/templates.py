@@ -31,7 +31,7 @@ class Launch:
 def _name_index(w: KernelWriter, idx: tuple[Ix, ...], names: list[str]) -> tuple[Ix, ...]:
     """Give each non-trivial index component a readable variable."""
     out = []
-    for k, (i, name) in enumerate(zip(idx, names)):
+    for i, name in zip(idx, names):
         if i.text.replace("_", "").isalnum():
             out.append(i)
         else:
@@ -94,7 +94,8 @@ def reduce(w: KernelWriter) -> Launch:
         n = w.g.nodes[i]
         if n.op in REDUCE:
             _reduction(w, i, full_idx, n_r)
-            w.remember(i, keep_idx if n.attrs["keepdims"] else kept_idx, Ix(f"red{i}", frozenset("x")))
+            at = keep_idx if n.attrs["keepdims"] else kept_idx
+            w.remember(i, at, Ix(f"red{i}", frozenset("x")))
     # a per-row result's offset is the row number itself (also for a scalar)
     per_row = {o: Ix("rows", frozenset("x")) for o in w.kernel.outputs if w.shape(o) != full}
     store_outputs(w, {o: spaces[w.shape(o)] for o in w.kernel.outputs}, per_row)

@@ -12,8 +12,8 @@ atol + rtol * |want| elementwise:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 

@@ -50,7 +50,7 @@ class Plan:
     graph: Graph
     kernels: list[Kernel]
     home: dict[int, int]                  # node -> index of the kernel computing it
-    loops: dict[int, "Plan"]              # LOOP node -> plan of its body
+    loops: dict[int, Plan]              # LOOP node -> plan of its body
     unfused: list[tuple[int, int, str]]   # (producer, consumer, why not fused)
     order: list[int] = field(default_factory=list)   # steps: kernel indices, or ~loop node
 
