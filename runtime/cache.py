@@ -30,6 +30,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -48,11 +49,11 @@ def default_root() -> Path:
 def _versions() -> tuple[str, str]:
     import ember
 
+    # Read from the package metadata: importing triton here would create its
+    # standard library before TRITON_INTERPRET is set (see triton_backend).
     try:
-        import triton
-
-        triton_version = str(triton.__version__)
-    except ImportError:
+        triton_version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
         triton_version = "none"
     return str(ember.__version__), triton_version
 

@@ -3,18 +3,18 @@
 On a machine with a CUDA GPU the kernels run on CUDA tensors; otherwise they
 run in Triton's interpreter on CPU tensors. TRITON_INTERPRET is read when a
 @triton.jit decorator executes, so it is set before a generated module is
-imported. Generated modules are written to files (Triton needs kernel source
-in a real file) and imported under a name derived from their content.
+imported. Generated modules live as files in the code cache (Triton needs
+kernel source in a real file) and are imported under a name from their key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 
@@ -23,7 +23,9 @@ import numpy as np
 from ember.codegen.module import Module, emit_triton
 from ember.ir.graph import Graph
 from ember.ir.loc import DSLError
+from ember.ir.printer import print_graph
 
+from .cache import CodeCache
 from .oracle import bind_input
 from .pool import Pool
 
@@ -40,22 +42,22 @@ def device() -> str:
     return "cuda" if has_gpu() else "cpu"
 
 
-def load_module(source: str, directory: Path | None = None) -> ModuleType:
-    """Write generated source to a file and import it."""
+def _select_mode() -> None:
+    """Interpret kernels when there is no GPU. Must run before the first import
+    of triton.language, whose own @jit helpers (tl.zeros, ...) take their mode
+    from TRITON_INTERPRET at that moment."""
+    if "triton.language" in sys.modules:
+        return
     if not has_gpu():
         os.environ["TRITON_INTERPRET"] = "1"
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    name = f"ember_generated_{digest}"
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import a generated kernel module from its file (once per process)."""
+    _select_mode()
     if name in sys.modules:
         return sys.modules[name]
-    root = directory or Path(tempfile.gettempdir()) / "ember_kernels"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{name}.py"
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -65,12 +67,29 @@ def load_module(source: str, directory: Path | None = None) -> ModuleType:
 
 
 class TritonProgram:
-    """A graph compiled to Triton: call it with NumPy inputs and parameters."""
+    """A graph compiled to Triton: call it with NumPy inputs and parameters.
 
-    def __init__(self, g: Graph, fused: bool = True, precision: str = "ieee"):
-        self.graph = g
-        self.module: Module = emit_triton(g, fused=fused, precision=precision)
-        self.py = load_module(self.module.source)
+    The generated module is cached on disk, keyed by the IR text (locations
+    included: they appear in the kernels' comments), the options, and the
+    Ember and Triton versions; a hit skips code generation entirely.
+    """
+
+    def __init__(self, g: Graph, fused: bool = True, precision: str = "ieee",
+                 cache: CodeCache | None = None):
+        self.graph, self.fused, self.precision = g, fused, precision
+        cache = cache or CodeCache()
+        key = cache.key(print_graph(g), f"fused={fused}", f"precision={precision}")
+        files = cache.get(key)
+        if files is None:
+            files = {"kernels.py": self.module.source,
+                     "symbols.json": json.dumps(self.module.symbols)}
+            cache.put(key, files)
+        self.symbols: list[str] = json.loads(files["symbols.json"])
+        self.py = load_module(cache.path(key) / "kernels.py", f"ember_kernels_{key[:20]}")
+
+    @cached_property
+    def module(self) -> Module:
+        return emit_triton(self.graph, fused=self.fused, precision=self.precision)
 
     def __call__(self, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
                  seed: int = 0, dims: Mapping[str, int] | None = None,
@@ -83,7 +102,7 @@ class TritonProgram:
         dev = device()
         t_in = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
         t_par = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in params.items()}
-        unbound = sorted(set(self.module.symbols) - set(env))
+        unbound = sorted(set(self.symbols) - set(env))
         if unbound:
             raise DSLError(f"dimension {unbound[0]} is not bound by the inputs; pass --dims "
                            f"{unbound[0]}=N")
