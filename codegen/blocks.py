@@ -35,3 +35,24 @@ def tile(n: int) -> int:
 def tile_k(k: int) -> int:
     """K tile: 16 or 32 (sm_90 needs K >= 8 for fp32, >= 16 for halves)."""
     return min(32, max(16, next_pow2(k)))
+
+
+def attention_rows(t: int) -> int:
+    """Query rows per program."""
+    return min(64, max(16, next_pow2(t)))
+
+
+def attention_cols(t: int) -> int:
+    """Keys per streamed tile."""
+    return min(32, max(16, next_pow2(t)))
+
+
+def head_dim(d: int) -> int:
+    """The head dim padded to a power of two (>= 16 for tl.dot)."""
+    return max(16, next_pow2(d))
+
+
+def gate_tile(n: int) -> int:
+    """M or N tile of a gated GEMM: one fp32 accumulator per gate lives in
+    registers, so tiles stay at most 32 x 32 (4 gates: 32 registers/thread)."""
+    return min(32, max(16, next_pow2(n)))

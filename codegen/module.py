@@ -13,17 +13,20 @@ import re
 from dataclasses import dataclass, field
 
 from ember.ir import dims
+from ember.ir.dims import Shape
+from ember.ir.dtypes import DType
 from ember.ir.graph import Graph
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
 from .rules import PRELUDE, PTR_DTYPE
+from .fused import attention, gates
 from .templates import Launch, matmul, pointwise, reduce
 from .windows import conv, pool
 from .writer import KernelWriter, sanitize
 
 TEMPLATES = {"pointwise": pointwise, "reduce": reduce, "matmul": matmul, "conv": conv,
-             "pool": pool}
+             "pool": pool, "attention": attention, "gates": gates}
 TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "i32": "torch.int32",
                "i64": "torch.int64", "bool": "torch.bool"}
 
@@ -40,11 +43,13 @@ class KernelCode:
     dim_args: list[str]
     scalars: dict[str, str]         # kernel arg -> launcher expression
     launch: Launch
+    extras: dict[str, tuple[str, Shape, DType]]   # kernel arg -> (launcher var, shape, dtype)
 
     def signature(self) -> dict[str, str]:
         """Argument types for an ahead-of-time compile."""
         g = self.plan.graph
         sig = {p: PTR_DTYPE[g.nodes[i].tensor.dtype] for p, i in self.pointers.items()}
+        sig.update({p: PTR_DTYPE[dtype] for p, (_, _, dtype) in self.extras.items()})
         sig.update({d: "i32" for d in self.dim_args})
         sig.update({s: "i32" for s in self.scalars})
         sig.update({c: "constexpr" for c in self.launch.constexprs})
@@ -107,11 +112,11 @@ def _write_kernel(plan: Plan, kern: Kernel, names: dict[int, str], counters: dic
     launch = TEMPLATES[kern.kind](w)
     text = "\n".join(w.lines)
     dim_args = [s for s in sorted(state.symbols) if re.search(rf"\b{re.escape(s)}\b", text)]
-    args = list(w.pointers) + dim_args + list(w.scalars)
+    args = list(w.pointers) + list(w.extras) + dim_args + list(w.scalars)
     params = ", ".join(args + [f"{c}: tl.constexpr" for c in launch.constexprs])
     source = f"{_kernel_comment(plan, kern, name)}\n@triton.jit\ndef {name}({params}):\n{text}\n"
     code = KernelCode(name, kern, plan, source, dict(w.pointers), dim_args, dict(w.scalars),
-                      launch)
+                      launch, dict(w.extras))
     state.kernels.append(code)
     return code
 
@@ -184,15 +189,16 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     code = _write_kernel(plan, kern, names, counters, state)
     g = plan.graph
     lines = []
-    for o in kern.outputs:
-        t = g.nodes[o].tensor
-        shape = ", ".join(_dim_py(d) for d in t.shape)
-        lines.append(f"{pad}{names[o]} = pool.empty(({shape}{',' if len(t.shape) == 1 else ''}),"
-                     f" {TORCH_DTYPE[t.dtype.value]})")
+    buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)
+               for o in kern.outputs] + list(code.extras.values())
+    for var, shape, dtype in buffers:
+        dims_text = ", ".join(_dim_py(d) for d in shape) + ("," if len(shape) == 1 else "")
+        lines.append(f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
     consts = code.launch.constexprs
     lines.append(f"{pad}{', '.join(consts)} = {', '.join(consts.values())}")
     grid = ", ".join(code.launch.grid) + ("," if len(code.launch.grid) == 1 else "")
-    args = [names[i] for i in code.pointers.values()] + code.dim_args + list(
+    args = [names[i] for i in code.pointers.values()] + [
+        var for var, _, _ in code.extras.values()] + code.dim_args + list(
         code.scalars.values()) + [f"{c}={c}" for c in consts]
     lines.append(f"{pad}{code.name}[({grid})]({', '.join(args)})")
     reads = {names[i] for i in code.pointers.values()} - {names[o] for o in kern.outputs}

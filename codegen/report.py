@@ -95,6 +95,8 @@ def _kernel_report(code: KernelCode, env: Mapping[str, int], launches: int) -> d
     g = code.plan.graph
     moved = sum(_numel(g, i, env) * g.nodes[i].tensor.dtype.itemsize
                 for i in set(code.pointers.values()))
+    moved += sum(math.prod(_bind(d, env) for d in shape) * dtype.itemsize
+                 for _, shape, dtype in code.extras.values())
     return {"name": code.name, "kind": code.kernel.kind,
             "ops": [g.nodes[i].op.value for i in sorted(code.kernel.nodes)],
             "source_lines": source_lines(code), "bytes": moved,

@@ -47,6 +47,7 @@ class KernelWriter:
     scalars: dict[str, str] = field(default_factory=dict)    # arg name -> launcher expr
     loads: set[str] = field(default_factory=set)
     counters: dict[int, str] = field(default_factory=dict)   # loop counter -> launcher var
+    extras: dict[str, tuple[str, Shape, DType]] = field(default_factory=dict)
 
     @property
     def g(self) -> Graph:
@@ -137,6 +138,13 @@ class KernelWriter:
         name = f"{self.names[i]}_ptr"
         self.pointers[name] = i
         return name
+
+    def extra_output(self, tag: str, shape: Shape, dtype: DType) -> str:
+        """A buffer the kernel writes that no IR node names (e.g. attention's
+        log-sum-exp, kept for a backward pass); returns its pointer argument."""
+        var = f"{self.names[self.kernel.anchor]}_{tag}"
+        self.extras[f"{var}_ptr"] = (var, shape, dtype)
+        return f"{var}_ptr"
 
     def offset(self, i: int, idx: tuple[Ix, ...]) -> Ix:
         return ix.linear(idx, self.shape(i))

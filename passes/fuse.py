@@ -23,11 +23,14 @@ and records the decisions in a `Plan`). The rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ember.ir import dims
 from ember.ir.dims import Shape
 from ember.ir.graph import Graph
 from ember.ir.ops import ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
+
+from .patterns import find_matches
 
 ANCHORS = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D}) | REDUCE
 FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND}) | MOVEMENT
@@ -43,6 +46,7 @@ class Kernel:
     outputs: list[int] = field(default_factory=list)
     space: tuple[Shape, tuple[int, ...]] = ((), ())   # reduce: (full shape, axes)
     name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)  # what a pattern kernel needs
 
 
 @dataclass
@@ -65,7 +69,13 @@ KIND = {Op.MATMUL: "matmul", Op.CONV2D: "conv", Op.MAX_POOL2D: "pool", Op.AVG_PO
 def fuse(g: Graph, enabled: bool = True) -> Plan:
     """Plan g's kernels; with enabled=False every compute op is its own kernel."""
     plan = Plan(g, [], {}, {}, [])
+    if enabled:
+        for m in find_matches(g):
+            plan.kernels.append(Kernel(m.kind, m.anchor, m.nodes, info=m.info))
+            plan.home.update({i: len(plan.kernels) - 1 for i in m.nodes})
     for i, n in enumerate(g.nodes):
+        if i in plan.home:
+            continue
         if n.op is Op.LOOP:
             plan.loops[i] = fuse(n.attrs["body"], enabled)
         elif n.op in ANCHORS:
@@ -278,6 +288,13 @@ def _name_kernels(plan: Plan) -> None:
         ops = []
         for i in sorted(kern.nodes):
             name = g.nodes[i].op.value
-            if name not in ops:
+            if name not in ops and not (kern.kind == "gates" and name in GATE_OPS):
                 ops.append(name)
+        if kern.kind == "attention":
+            ops = ["attention"] + ops[ops.index("div") + 2:] if "div" in ops else ["attention"]
+        elif kern.kind == "gates":
+            ops = ["gates"] + ops
         kern.name = "_".join(ops[:4])
+
+
+GATE_OPS = {"matmul", "add", "slice"}
