@@ -23,7 +23,7 @@ from .writer import KernelWriter
 
 def attention(w: KernelWriter) -> Launch:
     k = w.kernel
-    o, s, p = k.anchor, k.info["scores"], k.info["logits"]
+    o, s, x_node, p = k.anchor, k.info["scores"], k.info["logits"], k.info["probs"]
     q, kt = w.g.nodes[s].srcs
     v = w.g.nodes[o].srcs[1]
     out = w.shape(o)
@@ -58,13 +58,13 @@ def attention(w: KernelWriter) -> Launch:
                       {"dk", "n"}, "(BLOCK_D, BLOCK_N)")
     w.line(f"qk = tl.dot({qt.text}, {kt_tile.text}{dot_precision(w, s)})", s)
     w.remember(s, bidx + (rm, rn), Ix("qk", frozenset({"m", "n"})))
-    x = w.value(p, bidx + (rm, rn))
+    x = w.value(x_node, bidx + (rm, rn))
     w.line(f"x = tl.where((rn < {TKt}), {x.text}, -float(\"inf\"))")
-    w.line("m_new = tl.maximum(m_i, tl.max(x, axis=1, keep_dims=True))", p)
+    w.line("m_new = tl.maximum(m_i, tl.max(x, axis=1, keep_dims=True))  # online softmax")
     w.line("m_safe = tl.where(m_new == -float(\"inf\"), 0.0, m_new)  # rows with no key yet")
-    w.line("p = tl.exp(x - m_safe)", p)
+    w.line("p = tl.exp(x - m_safe)")
     w.line("alpha = tl.exp(m_i - m_safe)")
-    w.line("l_i = l_i * alpha + tl.sum(p, axis=1, keep_dims=True)", p)
+    w.line("l_i = l_i * alpha + tl.sum(p, axis=1, keep_dims=True)", p)  # softmax's sum
     vt = operand(w, v, ix.broadcast_index(bidx + (rnk, rd), batch + (TK, D), w.shape(v)),
                  {"nk", "d"}, "(BLOCK_N, BLOCK_D)")
     w.line(f"acc = acc * alpha + tl.dot(p.to({vt.text}.dtype), {vt.text}"
@@ -72,11 +72,12 @@ def attention(w: KernelWriter) -> Launch:
     w.line("m_i = m_new")
     w.pop()
     w.line("l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
+    w.line("m_fin = tl.where(m_i == -float(\"inf\"), 0.0, m_i)")
     w.line("out = acc / l_safe", o)
     w.remember(o, bidx + (rm, rd), Ix("out", frozenset({"m", "d"})))
     store_outputs(w, {i: bidx + (rm, rd) for i in w.kernel.outputs})
     lse = w.extra_output("lse", batch + (T,), w.dtype(o))
-    w.line(f"tl.store({lse} + pid_b * {Tt} + rm, m_safe + tl.log(l_safe), mask=(rm < {Tt}))")
+    w.line(f"tl.store({lse} + pid_b * {Tt} + rm, m_fin + tl.log(l_safe), mask=(rm < {Tt}))")
     return Launch([f"triton.cdiv({Tt}, BLOCK_M)", dim_text(dims.prod(batch))],
                   {"BLOCK_M": f"blocks.attention_rows({Tt})",
                    "BLOCK_N": f"blocks.attention_cols({TKt})",

@@ -77,7 +77,7 @@ def match_attention(g: Graph, users: list[list[int]], o: int) -> Match | None:
     if not _only_used_by(users, nodes, nodes | {o}):
         return None
     return Match("attention", o, sorted(nodes | {o}),
-                 {"scores": s, "logits": x, "causal": _is_causal(g, chain)})
+                 {"scores": s, "logits": x, "probs": p, "causal": _is_causal(g, chain)})
 
 
 def _softmax(g: Graph, p: int) -> tuple[int, list[int]] | None:
