@@ -19,8 +19,8 @@ from ember.ir.graph import Graph
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
-from .rules import PRELUDE, PTR_DTYPE
 from .fused import attention, gates
+from .rules import PRELUDE, PTR_DTYPE
 from .templates import Launch, matmul, pointwise, reduce
 from .windows import conv, pool
 from .writer import KernelWriter, sanitize
