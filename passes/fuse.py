@@ -217,7 +217,8 @@ def _materialize(plan: Plan, enabled: bool) -> None:
         op = g.nodes[i].op
         if i not in plan.home and op not in LEAF - FREE and op not in (Op.GET, Op.LOOP):
             _new_kernel(plan, "pointwise", i)
-    _merge_pointwise(plan)
+    if enabled:
+        _merge_pointwise(plan)
 
 
 def _merge_pointwise(plan: Plan) -> None:
@@ -229,7 +230,9 @@ def _merge_pointwise(plan: Plan) -> None:
             ka, kb = plan.kernels[a], plan.kernels[b]
             if (a != b and ka.nodes and kb.nodes and ka.anchor < kb.anchor
                     and g.nodes[ka.anchor].tensor.shape == g.nodes[kb.anchor].tensor.shape
-                    and ka.anchor in _inlined_closure(plan, kb.anchor)):
+                    and ka.anchor in _inlined_closure(plan, kb.anchor)
+                    and not any(_depends_on(plan, d, a) for d in _kernel_deps(plan, b)
+                                if d != a)):
                 kb.nodes[:0] = ka.nodes
                 for i in ka.nodes:
                     plan.home[i] = b
