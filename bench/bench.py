@@ -48,7 +48,7 @@ def compile_time(path: Path, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def intermediate_bytes(mod: Module, env: dict[str, int], total: dict[str, Any]) -> int:
+def intermediate_bytes(mod: Module, env: dict[str, int]) -> int:
     """Bytes of buffers the launcher allocates that are not model outputs."""
     out = 0
     for code in mod.kernels:
@@ -69,7 +69,7 @@ def ember_figures(name: str, env: dict[str, int]) -> dict[str, Any]:
     rf, ru = report(fused, env)["total"], report(unfused, env)["total"]
     return {"graph": g, "fused": fused, "kernels": rf["launches"], "bytes": rf["bytes"],
             "kernels_unfused": ru["launches"], "bytes_unfused": ru["bytes"],
-            "intermediate": intermediate_bytes(fused, env, rf),
+            "intermediate": intermediate_bytes(fused, env),
             "compile_ms": 1000 * compile_time(path)}
 
 
@@ -81,7 +81,8 @@ def torch_compile_figures(name: str, g: Any, env: dict[str, int]) -> dict[str, A
 
     params = api.init_params(g, 0)
     model = torch_model(name, params).eval()
-    inputs = make_inputs(name, np.random.default_rng(0), env["B"], env.get("T", 1))
+    inputs = make_inputs(name, np.random.default_rng(0), env["B"], env.get("T", 1),
+                         np.float32)
     args = [torch.from_numpy(v) for k, v in inputs.items() if k in g.input_names()]
     compiled = torch.compile(model.forward)
     t0 = time.perf_counter()
@@ -115,8 +116,8 @@ def gpu_times(name: str, g: Any, env: dict[str, int]) -> dict[str, float]:
     from ember.runtime.triton_backend import TritonProgram
 
     params = api.init_params(g, 0)
-    inputs = {k: v for k, v in make_inputs(name, np.random.default_rng(0), env["B"],
-                                           env.get("T", 1)).items() if k in g.input_names()}
+    raw = make_inputs(name, np.random.default_rng(0), env["B"], env.get("T", 1), np.float32)
+    inputs = {k: v for k, v in raw.items() if k in g.input_names()}
     prog = TritonProgram(g, precision="tf32")
     t_in = {k: torch.from_numpy(v).cuda() for k, v in inputs.items()}
     t_par = {k: torch.from_numpy(v).cuda() for k, v in params.items()}
