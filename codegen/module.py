@@ -224,7 +224,7 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
              f"{len(n.srcs) - n.attrs['n_carry']} captured"]
     for bi, src in zip(body.inputs[1:], n.srcs):
         inner[bi] = lp + sanitize(body.nodes[bi].attrs["name"])
-        lines.append(f"{pad}{inner[bi]} = {names[src]}")
+        lines.append(f"{pad}{inner[bi]} = {names.get(src) or counters[src]}")
     lines += _bind_params(body, inner, pad)
     lines.append(f"{pad}for {step_var} in range({_dim_py(n.attrs['length'])}):")
     body_steps = _plan_steps(body_plan, inner, inner_counters, state, pad + "    ", lp)
@@ -236,7 +236,7 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
     for get, m in enumerate(g.nodes):
         if m.op is Op.GET and m.srcs[0] == node:
             names[get] = carries[m.attrs["index"]]
-    reads = {names[s] for s in n.srcs}
+    reads = {names[s] for s in n.srcs if s in names}
     return lines, reads, set(carries)
 
 

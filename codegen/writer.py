@@ -191,7 +191,8 @@ def _iota(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
 
 def _rand(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
     seed = "seed_" + sanitize(n.attrs["stream"])
-    w.scalars[seed] = f"stream_seed(seed, {n.attrs['stream']!r})"
+    steps = "".join(f"{w.counters.get(s) or w.names[s]}, " for s in n.srcs)
+    w.scalars[seed] = f"stream_seed(seed, {n.attrs['stream']!r}, ({steps}))"
     flat = ix.linear(idx, n.tensor.shape)
     return w.let(w.fresh(f"rand{i}"), f"tl.rand({seed}, {flat.text})", flat.axes, i)
 

@@ -123,6 +123,9 @@ def _const(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
 
 
 def _rand(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    # operands, if any, are the counters of the enclosing loops: one mask per step
+    if any(t.shape != () or not t.dtype.is_int for t in ins):
+        raise ShapeError(f"rand's operands must be integer loop counters, found {ins}")
     return _t(attrs["shape"], DType.F32)
 
 

@@ -397,7 +397,8 @@ def dropout(em: Any, loc: Loc, x: Any, p: float = 0.5) -> Tensor:
     if not em.train or p == 0:
         return x
     shape = em.type(x).shape
-    u = em.add(Op.RAND, (), {"shape": shape, "stream": em.new_stream()}, loc)
+    u = em.add(Op.RAND, em.loop_steps(), {"shape": shape, "stream": em.new_stream("dropout")},
+               loc)
     keep = em.add(Op.GE, (u, em.const(float(p), DType.F32, loc)), {}, loc)
     scaled = em.add(Op.MUL, (x, _fconst(em, x, 1.0 / (1.0 - p), loc)), {}, loc)
     return em.add(Op.WHERE, (keep, scaled, _fconst(em, x, 0.0, loc)), {}, loc)

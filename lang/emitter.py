@@ -37,6 +37,7 @@ class Emitter:
     outer: Emitter | None = None
     captures: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     param_nodes: dict[str, Tensor] = field(default_factory=dict)
+    step: Tensor | None = None                # this loop body's counter
 
     # ---- building -------------------------------------------------------
     def add(self, op: Op, srcs: tuple[Tensor, ...] = (), attrs: dict[str, Any] | None = None,
@@ -60,10 +61,26 @@ class Emitter:
     def train(self) -> bool:
         return bool(self.ctx.options.train)
 
-    def new_stream(self) -> str:
-        """A name for a random stream, unique within this function."""
-        self.ctx.streams += 1
-        return f"rand{self.ctx.streams}"
+    def new_stream(self, kind: str) -> str:
+        """A random stream name, stable under edits elsewhere: the function's
+        name and a count within it (inlining prefixes the instance path)."""
+        fn = self.function_name()
+        count = self.ctx.streams.get(fn, 0)
+        self.ctx.streams[fn] = count + 1
+        return f"{fn}.{kind}{count}"
+
+    def function_name(self) -> str:
+        return self.outer.function_name() if self.outer else self.builder.name
+
+    def loop_steps(self) -> tuple[Tensor, ...]:
+        """The counters of the loops around this point, outermost first,
+        captured into this body as needed."""
+        if self.outer is None or self.step is None:
+            return ()
+        outer = self.outer.loop_steps()
+        captured = tuple(self.capture(f"__step{k}", t) if f"__step{k}" not in self.vars
+                         else self.vars[f"__step{k}"] for k, t in enumerate(outer))
+        return captured + (self.step,)
 
     # ---- names ----------------------------------------------------------
     def lookup(self, name: str, loc: Loc, extra: Callable[[], list[str]] = list) -> Any:

@@ -36,7 +36,7 @@ class Context:
     options: Options
     globals: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, ast.LayerDef] = field(default_factory=dict)
-    streams: int = 0
+    streams: dict[str, int] = field(default_factory=dict)   # per function
     loc: Loc = UNKNOWN
     building: list[str] = field(default_factory=list)        # layers being instantiated
     calling: list[ast.FnDef] = field(default_factory=list)   # functions being lowered

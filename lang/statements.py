@@ -81,6 +81,7 @@ def _range_loop(em: Emitter, stmt: ast.For, it: ast.Call) -> None:
     body = Emitter(Builder("loop_body"), em.ctx, em.instance, outer=em)
     step = body.add(Op.INPUT, (), {"name": stmt.var, "shape": (), "dtype": DType.I32}, stmt.loc)
     body.vars[stmt.var] = step
+    body.step = step
     inits = [em.find(n) for n in carried]
     carry_inputs = [_carry_input(em, body, n, t, stmt) for n, t in zip(carried, inits)]
     _run_block(body, stmt.body)

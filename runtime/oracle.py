@@ -110,7 +110,8 @@ def _iota(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
 def _rand(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
     shape = _shape(n, ctx)
     index = np.arange(math.prod(shape), dtype=np.int32).reshape(shape)
-    return uniform(stream_seed(ctx.seed, n.attrs["stream"]), index)
+    steps = tuple(int(s) for s in a)
+    return uniform(stream_seed(ctx.seed, n.attrs["stream"], steps), index)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

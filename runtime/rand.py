@@ -116,12 +116,16 @@ def dropout_keep(seed: int, shape: tuple[int, ...], p: float) -> np.ndarray:
     return uniform(seed, idx) >= np.float32(p)
 
 
-def stream_seed(seed: int, stream: str) -> int:
+def stream_seed(seed: int, stream: str, steps: tuple[int, ...] = ()) -> int:
     """The Philox seed of one random stream (one dropout call site) in a run.
 
     Each RAND node names its stream; mixing the run's seed with a CRC of that
-    name gives every dropout site its own mask while staying reproducible. The
+    name, and with the counters of the loops it sits in, gives every dropout
+    site (and every loop step) its own mask while staying reproducible. The
     Triton launcher computes the same value on the host and passes it to
     `tl.rand`, so oracle and kernels draw identical masks.
     """
-    return (seed * 1_000_003 + zlib.crc32(stream.encode())) % (2**31 - 1)
+    key = seed * 1_000_003 + zlib.crc32(stream.encode())
+    for step in steps:
+        key = key * 7_919 + int(step) + 1
+    return key % (2**31 - 1)

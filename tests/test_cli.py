@@ -104,8 +104,8 @@ def test_run_model(tmp_path: Path, model: str, entry: str) -> None:
     assert list(outs) == [entry]
     lines = out.splitlines()
     n_params = len(api.param_types(api.compile_file(MODELS / f"{model}.ember", entry)))
-    assert lines[:2] == ["backend: numpy (auto)",
-                         f"initialized {n_params} parameters with seed 0"]
+    assert lines[0].startswith("backend: ")  # numpy here, triton where there is a GPU
+    assert lines[1] == f"initialized {n_params} parameters with seed 0"
     assert lines[-2:] == [summary(entry, outs[entry]), f"wrote {entry} to out.npz"]
     assert all(line.startswith("input ") and "(seed 0)" in line for line in lines[2:-2])
     assert np.isfinite(outs[entry]).all()

@@ -596,9 +596,6 @@ def test_dropout_sites_and_seeds_draw_different_masks() -> None:
     assert not np.array_equal(c != 0, d != 0)
 
 
-@pytest.mark.xfail(strict=True, reason="RAND is keyed by (seed, stream, flat index) only, so "
-                   "a dropout in a loop body draws the same mask at every step; torch draws "
-                   "a fresh mask per call")
 def test_dropout_in_a_loop_draws_a_fresh_mask_per_step() -> None:
     src = """
 model M {
