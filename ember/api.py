@@ -19,7 +19,7 @@ from ember.ir.ops import Op
 from ember.ir.verify import verify
 from ember.lang import ast
 from ember.lang.emitter import Options
-from ember.lang.lower import lower
+from ember.lang.lower import declared_params, lower
 from ember.lang.parser import parse
 from ember.passes.pipeline import optimize
 from ember.passes.shapes import bind_dims
@@ -61,7 +61,14 @@ def compile_file(path: str | Path, entry: str = "forward", **kw: Any) -> Graph:
 
 
 def param_types(g: Graph) -> dict[str, TensorType]:
+    """The parameters a compiled graph reads."""
     return g.params()
+
+
+def model_params(program: ast.Program, options: Options = Options()
+                 ) -> dict[str, tuple[TensorType, tuple[Any, ...]]]:
+    """Every parameter the model declares (its state dict): (type, initializer)."""
+    return declared_params(program, options)
 
 
 def init_params(g: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -69,6 +76,12 @@ def init_params(g: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     specs = {n.attrs["name"]: (n.tensor, n.attrs["init"])
              for n in g.nodes if n.op is Op.PARAM}
     return init.init_params(specs, seed)
+
+
+def init_model_params(program: ast.Program, options: Options = Options(),
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Fresh values for every declared parameter of the model."""
+    return init.init_params(declared_params(program, options), seed)
 
 
 def run(g: Graph, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],

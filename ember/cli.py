@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 a user error (located, printed without a traceback);
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -94,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `ember ... | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except Exception:  # a bug in ember, not in the user's input
         print("internal compiler error (please report it with this trace):", file=sys.stderr)
         traceback.print_exc()

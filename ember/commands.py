@@ -10,6 +10,7 @@ import numpy as np
 from ember.ir.graph import Graph
 from ember.ir.loc import DSLError
 from ember.ir.printer import print_graph
+from ember.lang import ast
 from ember.lang.astprint import format_ast
 from ember.lang.emitter import Options
 from ember.runtime.inputs import draw_inputs, load_inputs
@@ -39,10 +40,11 @@ def compile_cmd(args: argparse.Namespace) -> int:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    g = api.compile_file(args.model, args.entry, options=_options(args), dims=args.dims)
+    program = api.parse_file(args.model)
+    g = api.compile_program(program, args.entry, options=_options(args), dims=args.dims)
     backend, why = backends.choose(args.backend)
     print(f"backend: {why}")
-    params = _params(g, args)
+    params = _params(program, args)
     given = load_inputs(g, args.input, args.inputs)
     inputs, env, notes = draw_inputs(g, given, args.dims, args.seed)
     for note in notes:
@@ -77,14 +79,16 @@ def _save_outputs(path: str, outs: dict[str, np.ndarray]) -> None:
         raise DSLError(f"cannot write outputs to '{path}': {e.strerror or e}") from None
 
 
-def _params(g: Graph, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    expected = api.param_types(g)
+def _params(program: ast.Program, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """The model's whole state dict: loaded strictly, or initialized; the same
+    names whichever entry or mode runs."""
+    expected = {k: t for k, (t, _) in api.model_params(program, _options(args)).items()}
     if args.params:
         params = load_params(args.params)
         check_params(params, expected, args.params)
         print(f"loaded {len(params)} parameters from {args.params}")
     else:
-        params = api.init_params(g, args.seed)
+        params = api.init_model_params(program, _options(args), args.seed)
         print(f"initialized {len(params)} parameters with seed {args.seed}")
     if args.save_params:
         save_params(args.save_params, params)

@@ -53,6 +53,25 @@ def lower(program: ast.Program, entry: str = "forward", options: Options = Optio
     return lower_entry(ctx, Method(root.fns[entry], root))
 
 
+def declared_params(program: ast.Program, options: Options = Options()
+                    ) -> dict[str, tuple[TensorType, tuple[Any, ...]]]:
+    """Every parameter the model declares, by dotted name: (type, initializer).
+    This is the model's state dict, whichever entry or mode is compiled."""
+    ctx = Context(program, options)
+    model = _collect_globals(ctx)
+    out: dict[str, tuple[TensorType, tuple[Any, ...]]] = {}
+    todo = [instantiate(ctx, model, "", (), (), model.loc)]
+    while todo:
+        inst = todo.pop()
+        em = Emitter(Builder("<params>"), ctx, inst)
+        for name in inst.params:
+            n = em.builder.nodes[em.param(name).id]
+            out[f"{inst.path}.{name}" if inst.path else name] = (n.tensor, n.attrs["init"])
+        for v in inst.scope.values():
+            todo += [v] if isinstance(v, Instance) else v if isinstance(v, list) else []
+    return out
+
+
 def _collect_globals(ctx: Context) -> ast.LayerDef:
     models = []
     for item in ctx.program.items:
