@@ -38,13 +38,20 @@ def tile_k(k: int) -> int:
 
 
 def attention_rows(t: int) -> int:
-    """Query rows per program."""
-    return min(64, max(16, next_pow2(t)))
+    """Query rows per program: 32 keeps q, the fp32 accumulator and the score
+    tile of a 128-wide head in registers without spilling on sm_90."""
+    return min(32, max(16, next_pow2(t)))
 
 
 def attention_cols(t: int) -> int:
     """Keys per streamed tile."""
     return min(32, max(16, next_pow2(t)))
+
+
+def attention_warps(d: int) -> int:
+    """8 warps for heads of 64 and more: q, the accumulator and the score tile
+    then fit in registers without spilling (fp32, sm_90)."""
+    return 8 if head_dim(d) >= 64 else 4
 
 
 def head_dim(d: int) -> int:

@@ -81,7 +81,8 @@ def attention(w: KernelWriter) -> Launch:
     return Launch([f"triton.cdiv({Tt}, BLOCK_M)", dim_text(dims.prod(batch))],
                   {"BLOCK_M": f"blocks.attention_rows({Tt})",
                    "BLOCK_N": f"blocks.attention_cols({TKt})",
-                   "BLOCK_D": f"blocks.head_dim({Dt})"})
+                   "BLOCK_D": f"blocks.head_dim({Dt})"},
+                  num_warps=f"blocks.attention_warps({Dt})")
 
 
 def gates(w: KernelWriter) -> Launch:

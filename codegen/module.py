@@ -200,6 +200,8 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     args = [names[i] for i in code.pointers.values()] + [
         var for var, _, _ in code.extras.values()] + code.dim_args + list(
         code.scalars.values()) + [f"{c}={c}" for c in consts]
+    if code.launch.num_warps != "4":
+        args.append(f"num_warps={code.launch.num_warps}")
     lines.append(f"{pad}{code.name}[({grid})]({', '.join(args)})")
     reads = {names[i] for i in code.pointers.values()} - {names[o] for o in kern.outputs}
     return lines, reads, {names[o] for o in kern.outputs}

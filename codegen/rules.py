@@ -31,15 +31,17 @@ triton_rules: dict[Op, str] = {
 PRELUDE = '''
 @triton.jit
 def _tanh(x):
-    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) never overflows; near 0
-    # the odd Taylor series keeps full relative precision where 1 - e cancels.
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) never overflows; below
+    # 0.3, where 1 - e loses bits to cancellation, the odd Taylor series (through
+    # x^15: remainder < 3e-12 relative) keeps full precision.
     a = tl.abs(x)
     e = tl.exp(-2.0 * a)
     big = (1.0 - e) / (1.0 + e)
     a2 = a * a
     small = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0 + a2 * (
-        62.0 / 2835.0 + a2 * (-1382.0 / 155925.0 + a2 * (21844.0 / 6081075.0)))))))
-    t = tl.where(a < 0.125, small, big)
+        62.0 / 2835.0 + a2 * (-1382.0 / 155925.0 + a2 * (21844.0 / 6081075.0 + a2 * (
+            -929569.0 / 638512875.0))))))))
+    t = tl.where(a < 0.3, small, big)
     return tl.where(x < 0, -t, t)
 
 

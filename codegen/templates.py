@@ -25,7 +25,7 @@ from .writer import KernelWriter
 class Launch:
     grid: list[str]                     # grid expressions (launcher scope)
     constexprs: dict[str, str]          # BLOCK_* -> expression (launcher scope)
-    num_warps: int = 4
+    num_warps: str = "4"                # expression (launcher scope)
 
 
 def _name_index(w: KernelWriter, idx: tuple[Ix, ...], names: list[str]) -> tuple[Ix, ...]:

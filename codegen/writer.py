@@ -142,7 +142,7 @@ class KernelWriter:
     def extra_output(self, tag: str, shape: Shape, dtype: DType) -> str:
         """A buffer the kernel writes that no IR node names (e.g. attention's
         log-sum-exp, kept for a backward pass); returns its pointer argument."""
-        var = f"{self.names[self.kernel.anchor]}_{tag}"
+        var = f"{self.names[self.kernel.outputs[0]]}_{tag}"
         self.extras[f"{var}_ptr"] = (var, shape, dtype)
         return f"{var}_ptr"
 

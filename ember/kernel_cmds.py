@@ -57,21 +57,30 @@ def _emit_source(mod: Module, args: argparse.Namespace, g: Graph) -> None:
 
 def launch_constants(code: KernelCode, env: dict[str, int]) -> dict[str, int]:
     """The block sizes the launcher would pick at these dims."""
-    scope: dict[str, Any] = {"blocks": blocks, **env}
+    return {k: _launch_value(expr, env) for k, expr in code.launch.constexprs.items()}
+
+
+def _launch_value(expr: str, env: dict[str, int]) -> int:
+    """Evaluate a launcher expression (our own generated text) at these dims."""
     try:
-        return {k: int(eval(expr, scope)) for k, expr in code.launch.constexprs.items()}
+        return int(eval(expr, {"blocks": blocks, **env}))
     except NameError as e:
         raise DSLError(f"compiling for a GPU needs every dimension bound: {e}; pass --dims") \
             from None
+
+
+def aot_job(code: KernelCode, path: Path, env: dict[str, int]) -> dict[str, Any]:
+    """The ahead-of-time compile job for one kernel of a module written to `path`."""
+    return {"path": str(path), "fn_name": code.name, "signature": code.signature(),
+            "constexprs": launch_constants(code, env),
+            "num_warps": _launch_value(code.launch.num_warps, env)}
 
 
 def _aot(mod: Module, env: dict[str, int]) -> list[aot.KernelResources]:
     with tempfile.TemporaryDirectory(prefix="ember-sm90-") as tmp:
         path = Path(tmp) / "kernels.py"
         path.write_text(mod.source)
-        jobs = [{"path": str(path), "fn_name": c.name, "signature": c.signature(),
-                 "constexprs": launch_constants(c, env), "num_warps": c.launch.num_warps}
-                for c in mod.kernels]
+        jobs = [aot_job(c, path, env) for c in mod.kernels]
         try:
             return aot.compile_kernels(jobs)
         except aot.AOTError as e:

@@ -74,10 +74,10 @@ def match_attention(g: Graph, users: list[list[int]], o: int) -> Match | None:
     if s is None or g.nodes[s].op is not Op.MATMUL or len(g.nodes[s].tensor.shape) < 2:
         return None
     nodes = {s, *chain, *inner, p}
-    if not _only_used_by(users, nodes, nodes | {o}):
+    if not _only_used_by(users, nodes, nodes | {o}) or nodes & set(g.outputs):
         return None
     return Match("attention", o, sorted(nodes | {o}),
-                 {"scores": s, "logits": x, "probs": p, "causal": _is_causal(g, chain)})
+                 {"scores": s, "logits": x, "probs": p, "causal": _is_causal(g, chain, s)})
 
 
 def _softmax(g: Graph, p: int) -> tuple[int, list[int]] | None:
@@ -112,11 +112,13 @@ def _score_chain(g: Graph, x: int) -> tuple[list[int], int | None]:
     return chain, i if g.nodes[i].tensor.shape == shape else None
 
 
-def _is_causal(g: Graph, chain: list[int]) -> bool:
-    """Is one step `where(row >= col, scores, c)` over the last two axes?"""
-    for i in chain:
+def _is_causal(g: Graph, chain: list[int], s: int) -> bool:
+    """Is one step `where(row >= col, scores, c)` over the last two axes, with
+    the scores in the kept branch?"""
+    below = chain[1:] + [s]
+    for i, score_side in zip(chain, below):
         n = g.nodes[i]
-        if n.op is Op.WHERE:
+        if n.op is Op.WHERE and n.srcs[1] == score_side and n.srcs[2] != score_side:
             cond = _through_views(g, n.srcs[0])
             c = g.nodes[cond]
             if c.op is Op.GE and [g.nodes[_through_views(g, s)].op for s in c.srcs] == [
@@ -150,7 +152,7 @@ def match_gates(g: Graph, users: list[list[int]], gate: int) -> Match | None:
         return None
     sums = _sum_nodes(g, total)
     nodes = set(matmuls) | set(sums) | set(chain)
-    if not _only_used_by(users, nodes, nodes | set(slices)):
+    if not _only_used_by(users, nodes, nodes | set(slices)) or nodes & set(g.outputs):
         return None
     return Match("gates", slices[0], sorted(nodes | set(slices)),
                  {"total": total, "matmuls": matmuls, "slices": slices})

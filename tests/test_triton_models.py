@@ -113,6 +113,27 @@ def test_triton_matches_oracle_f32(model: str, entry: str, train: bool) -> None:
     assert all(r.ok for r in backends_ok), [str(r) for r in backends_ok]
 
 
+UNIT_DIMS_BUG = ("with B (and T) bound to 1 at compile time, as `ember run --dims B=1` does, "
+                 "a matmul/conv/attention/gates tile drops its size-1 axis from the output "
+                 "offset and tl.store fails (ValueError: Expected pointer argument to have "
+                 "shape [16, 64] but got [1, 64]); see the size-1 cases in test_triton_ops.py")
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("bind", [
+    "run time",
+    pytest.param("compile time", marks=pytest.mark.xfail(strict=True, reason=UNIT_DIMS_BUG)),
+])
+def test_batch_of_one(model: str, bind: str) -> None:
+    dims = {"B": 1, "T": 1}
+    g = api.compile_file(MODELS / f"{model}.ember", "loss",
+                         dims=dims if bind == "compile time" else None)
+    params = perturbed_params(g, seed=1)
+    inputs, env, _ = draw_inputs(g, {}, dims, seed=2)
+    got = run_triton(g, inputs, params, env)
+    assert_within_tolerance(got, api.run(g, inputs, params, dims=env))
+
+
 # ---- (b) fused vs unfused ---------------------------------------------------------------
 
 
@@ -156,12 +177,16 @@ def test_fused_unfused_bit_exact_f64_on_integers(model: str) -> None:
 # ---- (c) every kernel compiles for sm_90 without spills -------------------------------------
 
 AOT_DIMS = {"B": 8, "T": 16}
+# train-mode forward kernels are a subset of train-mode loss kernels (same dropout epilogues,
+# same batch-statistics reductions), so train mode compiles the loss entry only
+AOT_CONFIGS = [c for c in CONFIGS if not (c[2] and c[1] == "forward")]
 
 
 def test_every_kernel_compiles_for_sm90(tmp_path: Path) -> None:
-    """One batch (one worker process) for every kernel of every configuration."""
+    """One batch (one worker process) for every kernel of every configuration: ~110
+    kernels, ~50 s on 2 cores with a cold Triton cache, ~5 s warm."""
     jobs, where = [], []
-    for model, entry, train in CONFIGS:
+    for model, entry, train in AOT_CONFIGS:
         g = api.compile_file(MODELS / f"{model}.ember", entry, options=Options(train=train),
                              dims=AOT_DIMS)
         mod = emit_triton(g, fused=True, precision="ieee", title=config_id(model, entry, train))

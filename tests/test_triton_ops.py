@@ -64,6 +64,19 @@ BUGS = {
                      "result is BLOCK_K (16) times too large",
     "conv-unit-mn": "conv2d with a single output channel, or N * OH * OW = 1: the size-1 "
                     "axis is dropped from the output offset (ValueError from tl.store)",
+    "pattern-unit": "the attention and gates kernels have the same size-1 problem: "
+                    "attention over T = 1 queries, an LSTM cell with hidden size 1 "
+                    "(ValueError from tl.store)",
+    "gates-unit-k": "the gates kernel with an input size of 1 (x_t @ w_ih with K = 1) has the "
+                    "matmul K = 1 problem: silently wrong values",
+    "attention-dk-dv": "the flash-attention kernel takes the q/k head dim from v's last axis: "
+                       "softmax(q @ transpose(k)) @ v with q, k [7, 5] and v [9, 3] (or 3 vs "
+                       "5) silently returns wrong values (max abs error ~1)",
+    "attention-causal-fill": "a causal where(causal_mask(T), scores, c) is detected without "
+                             "looking at c: the attention kernel skips key tiles past the "
+                             "diagonal, which is only right when exp(c - max) underflows to 0; "
+                             "with c = 0.0 and T = 33 (two key tiles) the result is silently "
+                             "wrong (max abs error ~0.09)",
     "unit-space": "a pool or reduce kernel whose output index space is all size-1 or rank 0 "
                   "(max_pool2d to [1, 1, 1, 1], softmax over [1, 1], log_softmax over [1], "
                   "mse of scalars, cross_entropy of unbatched logits) stores a block value "
@@ -495,10 +508,91 @@ model M {
 }""", x=normal(2, 1), id="loop T=1"),
 ]
 
+# ---- fusion: prologues, epilogues, views of kernel results -------------------------------
+
+FUSION_CASES = [
+    case("conv2d(x + 1.0, w, padding=1)", x=normal(2, 3, 7, 7), w=normal(5, 3, 3, 3)),
+    case("conv2d(exp(x), relu(w), padding=2)", x=normal(1, 3, 5, 5), w=normal(5, 3, 3, 3)),
+    case("max_pool2d(exp(x), 3, stride=2, padding=1)", x=negative(2, 3, 7, 5)),
+    case("max_pool2d(relu(conv2d(x, w, padding=1)), 2) + 1.0", x=normal(2, 3, 7, 7),
+         w=normal(5, 3, 3, 3)),
+    case("sum(conv2d(x, w, padding=1), axis=(0, 2, 3))", x=normal(2, 3, 7, 7),
+         w=normal(5, 3, 3, 3)),
+    case("concat(a @ b, relu(a @ b), axis=0)", a=normal(3, 7), b=normal(7, 5)),
+    case("softmax(transpose(a @ b))", a=normal(3, 7), b=normal(7, 5)),
+    case("(a @ b)[1:, ::2]", a=normal(3, 7), b=normal(7, 5)),
+    case("one_hot(y, 7) @ w", y=ints(7, 5), w=normal(7, 3)),
+    case("x[argmax(y)] @ w", x=normal(7, 3), y=normal(5, 7), w=normal(3, 33)),
+    case("where(causal_mask(7), a @ b, 0.0)", a=normal(7, 3), b=normal(3, 7)),
+    case("argmax(softmax(x)), to_float(argmax(x)) * max(x, axis=-1)", x=normal(3, 33)),
+]
+
+# ---- pattern kernels: flash attention and gated GEMMs -------------------------------------
+
+ATTENTION = "softmax(where(causal_mask({t}), (q @ transpose(k)) * 0.5, -1e9)) @ v"
+
+
+def lstm_cell(n_in: int, hidden: int) -> str:
+    """An LSTM over T steps with fixed sizes (the gates pattern needs a static width)."""
+    g = 4 * hidden
+    return f"""
+model M {{
+  def forward(x: f32[B, T, {n_in}], w_ih: f32[{n_in}, {g}], w_hh: f32[{hidden}, {g}],
+              b: f32[{g}], h0: f32[B, {hidden}]) {{
+    let h = h0
+    let c = h0 * 0.5
+    for t in range(T) {{
+      let gates = x[:, t, :] @ w_ih + h @ w_hh + b
+      let i, f, g, o = split(gates, 4, axis=-1)
+      c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+      h = sigmoid(o) * tanh(c)
+    }}
+    return h, c
+  }}
+}}"""
+
+
+def lstm_case(batch: int, steps: int, n_in: int, hidden: int, **kw: Any) -> Case:
+    g = 4 * hidden
+    return case(lstm_cell(n_in, hidden), x=normal(batch, steps, n_in), w_ih=normal(n_in, g),
+                w_hh=normal(hidden, g), b=normal(g), h0=normal(batch, hidden),
+                id=f"lstm B={batch} T={steps} in={n_in} hidden={hidden}", **kw)
+
+
+PATTERN_CASES = [
+    *[case(ATTENTION.format(t=t), q=normal(2, 3, t, 5), k=normal(2, 3, t, 5),
+           v=normal(2, 3, t, 5), f64=t == 33) for t in (7, 33, 129)],
+    case("softmax(q @ transpose(k)) @ v", q=normal(2, 7, 5), k=normal(2, 9, 5), v=normal(2, 9, 5)),
+    case("softmax(q @ transpose(k) * 60.0) @ v", q=normal(7, 33), k=normal(9, 33),
+         v=normal(9, 33)),
+    case("softmax(where(m, q @ transpose(k), -1e9)) @ v", m=bools(2, 1, 7, 9),
+         q=normal(2, 3, 7, 5), k=normal(2, 3, 9, 5), v=normal(2, 3, 9, 5)),
+    case("softmax(q @ transpose(k)) @ v", q=normal(2, 1, 7, 5), k=normal(3, 9, 5),
+         v=normal(9, 5)),
+    case("relu(softmax(exp(q) @ transpose(k)) @ transpose(v) + 1.0)", q=normal(7, 5),
+         k=normal(9, 5), v=normal(5, 9)),
+    case("softmax(where(causal_mask(33), q @ transpose(k), -1e9)) @ v", q=normal(2, 33, 8),
+         k=normal(2, 33, 8), v=normal(2, 33, 8)),
+    case(ATTENTION.format(t=1), q=normal(2, 3, 1, 5), k=normal(2, 3, 1, 5),
+         v=normal(2, 3, 1, 5), bug="pattern-unit"),
+    case("softmax(q @ transpose(k)) @ v", q=normal(7, 5), k=normal(9, 5), v=normal(9, 3),
+         bug="attention-dk-dv"),
+    case("softmax(q @ transpose(k)) @ v", q=normal(7, 3), k=normal(9, 3), v=normal(9, 5),
+         bug="attention-dk-dv"),
+    case("softmax(where(causal_mask(33), q @ transpose(k), 0.0)) @ v", q=normal(2, 33, 8),
+         k=normal(2, 33, 8), v=normal(2, 33, 8), bug="attention-causal-fill"),
+    lstm_case(3, 5, 7, 5, f64=True),
+    lstm_case(33, 3, 33, 9),
+    lstm_case(2, 1, 129, 33),
+    lstm_case(1, 2, 3, 1, bug="pattern-unit"),
+    lstm_case(5, 4, 1, 3, bug="gates-unit-k"),
+    case("split(x @ w + b, 3, axis=-1)", x=normal(5, 7), w=normal(7, 9), b=normal(9)),
+]
+
 CASES = [
     *UNARY_CASES, *BINARY_CASES, *SCALAR_CASES, *COMPARE_CASES, *LOGICAL_CASES, *INT_CASES,
     *REDUCE_CASES, *SOFTMAX_CASES, *NORM_CASES, *MATMUL_CASES, *CONV_CASES, *POOL_CASES,
-    *LOSS_CASES, *MOVEMENT_CASES, *CREATION_CASES, *LOOP_CASES,
+    *LOSS_CASES, *MOVEMENT_CASES, *CREATION_CASES, *LOOP_CASES, *FUSION_CASES, *PATTERN_CASES,
 ]
 
 
