@@ -4,6 +4,8 @@ length. The same functions run in the launcher and in ahead-of-time compiles."""
 
 from __future__ import annotations
 
+from ember.ir.loc import DSLError
+
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
@@ -18,12 +20,14 @@ def pointwise(numel: int) -> int:
 def reduce_cols(n: int) -> int:
     """A persistent reduction: the whole row in one block."""
     if n > 16384:
-        raise ValueError(f"reductions over more than 16384 elements are not supported ({n})")
+        raise DSLError(f"the Triton backend reduces rows of at most 16384 elements; this "
+                       f"model reduces {n} (use --backend numpy)")
     return max(2, next_pow2(n))
 
 
 def reduce_rows(rows: int, cols: int) -> int:
-    """Rows per program, keeping a tile at most 4096 elements."""
+    """Rows per program: a tile of at most 4096 elements, or one row when a
+    row alone is longer."""
     return max(1, min(next_pow2(rows), 4096 // reduce_cols(cols)))
 
 

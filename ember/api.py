@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.ir.graph import Graph, TensorType
+from ember.ir.graph import Graph, TensorType, walk_nodes
 from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 from ember.ir.verify import verify
@@ -74,7 +74,7 @@ def model_params(program: ast.Program, options: Options = Options()
 def init_params(g: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Fresh parameters for a graph, from each PARAM's declared initializer."""
     specs = {n.attrs["name"]: (n.tensor, n.attrs["init"])
-             for n in g.nodes if n.op is Op.PARAM}
+             for n in walk_nodes(g) if n.op is Op.PARAM}
     return init.init_params(specs, seed)
 
 

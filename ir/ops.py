@@ -3,8 +3,10 @@
 Every builtin of the language is either one of these primitives or a composite
 that lowering expands into them (see `lang/builtins.py`). Each pass gives the
 primitives their meaning through one table keyed by `Op`: `shape_rules`
-(ir/shapes.py), `eval_rules` (runtime/oracle.py), and later `vjp_rules` and
-`triton_rules`. A test asserts every Op appears in every table.
+(ir/shapes.py) and `eval_rules` (runtime/oracle.py), which tests check cover
+every Op; `triton_rules` (codegen/rules.py) covers the elementwise ops, the
+view rules of codegen/writer.py the movement ops and leaves, and the kernel
+templates the rest. The autodiff issue adds `vjp_rules`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class Op(Enum):
     CONST = "const"
     FULL = "full"          # a tensor filled with one value; shape may be symbolic
     IOTA = "iota"          # index along one axis (i32); builds masks and one-hots
-    RAND = "rand"          # uniform [0, 1) keyed by (seed, stream, flat index)
+    RAND = "rand"          # uniform [0, 1) keyed by (seed, stream, loop steps, flat index)
 
     # elementwise unary
     NEG = "neg"

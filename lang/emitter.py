@@ -62,8 +62,9 @@ class Emitter:
         return bool(self.ctx.options.train)
 
     def new_stream(self, kind: str) -> str:
-        """A random stream name, stable under edits elsewhere: the function's
-        name and a count within it (inlining prefixes the instance path)."""
+        """A random stream name: the function's name and a count of the
+        streams lowered for that function name so far (inlining prefixes the
+        instance path, so two instances of a layer differ)."""
         fn = self.function_name()
         count = self.ctx.streams.get(fn, 0)
         self.ctx.streams[fn] = count + 1

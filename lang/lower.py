@@ -142,7 +142,11 @@ def _bind_hparams(ctx: Context, layer: ast.LayerDef, args: tuple[ast.Expr, ...],
     for h in layer.hparams:
         if h.name not in given:
             raise DSLError(f"layer '{layer.name}' needs hyperparameter '{h.name}'", loc)
-        bound[h.name] = _static_value(ctx, given.pop(h.name), caller)
+        expr = given.pop(h.name)
+        bound[h.name] = _static_value(ctx, expr, caller)
+        if h.type.dtype == "int" and not isinstance(bound[h.name], int):
+            raise DSLError(f"hyperparameter '{h.name}' of '{layer.name}' is an int, found "
+                           f"{describe(bound[h.name])}", expr.loc)
     if given:
         raise DSLError(f"layer '{layer.name}' has no hyperparameter '{next(iter(given))}'", loc,
                        f"hyperparameters: {', '.join(names) or 'none'}")
@@ -171,7 +175,9 @@ def _count(n: int, noun: str) -> str:
 def _known(name: str, names: list[str]) -> str:
     import difflib
     close = difflib.get_close_matches(name, names, n=1)
-    return f"did you mean '{close[0]}'?" if close else f"known layers: {', '.join(names)}"
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"known layers: {', '.join(names)}" if names else "this program defines no layers"
 
 
 # ---- functions ------------------------------------------------------------

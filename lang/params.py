@@ -54,6 +54,9 @@ def _initializer(scope: Any, pdef: ast.ParamDef) -> tuple[Any, ...]:
         found = name_node.id if isinstance(name_node, ast.Name) else "an expression"
         raise DSLError(f"unknown initializer '{found}'", init.loc,
                        f"initializers: {', '.join(INITIALIZERS)}")
+    if isinstance(init, ast.Call) and init.kwargs:
+        raise DSLError(f"initializer arguments are positional, e.g. {name_node.id}(0.02); "
+                       f"found keyword '{init.kwargs[0][0]}'", init.loc)
     args = tuple(eval_expr(scope, a) for a in init.args) if isinstance(init, ast.Call) else ()
     lo, hi = INITIALIZERS[name_node.id]
     if not lo <= len(args) <= hi or any(not isinstance(a, (int, float)) for a in args):

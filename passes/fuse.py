@@ -18,6 +18,11 @@ and records the decisions in a `Plan`). The rules:
   get a pointwise kernel of their own.
 - LOOP regions are planned recursively; the launcher runs the body's kernels
   once per step.
+
+Before these rules run, passes/patterns.py claims whole subgraphs for the two
+pattern kernels, attention and gates (an LSTM step); their nodes are then
+out of the generic rules' reach, except that elementwise readers of a gates
+kernel's slices, or of an attention output, may join it as an epilogue.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND}) | MOVEMENT
 class Kernel:
     """One generated kernel: an anchor (or a pointwise root) and what joined it."""
 
-    kind: str                       # pointwise | reduce | matmul | conv | pool
+    kind: str    # pointwise | reduce | matmul | conv | pool | attention | gates
     anchor: int
     nodes: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
@@ -249,10 +254,13 @@ def _inlined_closure(plan: Plan, root: int) -> set[int]:
     out, todo = set(), list(plan.graph.nodes[root].srcs)
     while todo:
         i = todo.pop()
-        if i not in out and plan.home.get(i) is None:
+        if i in out:
+            continue
+        k = plan.home.get(i)
+        if k is None:
             out.add(i)
             todo.extend(plan.graph.nodes[i].srcs)
-        elif plan.kernels[plan.home[i]].kind == "pointwise" and i not in out:
+        elif plan.kernels[k].kind == "pointwise":
             out.add(i)  # another root: its kernel could store it instead
     return out
 

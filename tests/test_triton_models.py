@@ -38,7 +38,7 @@ from ember import api, backends, cli  # noqa: E402 - after the importorskips on 
 from ember.codegen import aot  # noqa: E402
 from ember.codegen.module import emit_triton  # noqa: E402
 from ember.ir.graph import Graph  # noqa: E402
-from ember.kernel_cmds import launch_constants  # noqa: E402
+from ember.kernel_cmds import aot_job  # noqa: E402
 from ember.lang.emitter import Options  # noqa: E402
 from ember.runtime.inputs import draw_inputs  # noqa: E402
 from ember.runtime.pool import GuardedPool  # noqa: E402
@@ -193,9 +193,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path: Path) -> None:
         path = tmp_path / f"{model}_{entry}_{'train' if train else 'eval'}.py"
         path.write_text(mod.source)
         for code in mod.kernels:
-            jobs.append({"path": str(path), "fn_name": code.name, "signature": code.signature(),
-                         "constexprs": launch_constants(code, dict(AOT_DIMS)),
-                         "num_warps": code.launch.num_warps})
+            jobs.append(aot_job(code, path, dict(AOT_DIMS)))  # as `ember compile --target`
             where.append(f"{config_id(model, entry, train)}: {code.name}")
     resources = aot.compile_kernels(jobs)
     assert len(resources) == len(jobs)
