@@ -2,8 +2,9 @@
 
 A `Graph` is a tuple of `Node`s in topological order; node `i` defines value
 `%i`, and `srcs` name earlier values by index. Leaves (INPUT, PARAM, CONST, ...)
-have no srcs, except RAND, which reads the counters of its enclosing loops. Regions (CALL, LOOP) hold a body `Graph` in `attrs["body"]` and
-produce a tuple, read by GET nodes. Nodes are never mutated: passes rebuild a
+have no srcs, except RAND, which reads the counters of its enclosing loops.
+Regions (CALL, LOOP) hold a body `Graph` in `attrs["body"]` and produce a
+tuple, read by GET nodes. Nodes are never mutated: passes rebuild a
 graph with a `Builder` (see passes/rewrite.py).
 """
 
