@@ -77,6 +77,10 @@ BUGS = {
                              "diagonal, which is only right when exp(c - max) underflows to 0; "
                              "with c = 0.0 and T = 33 (two key tiles) the result is silently "
                              "wrong (max abs error ~0.09)",
+    "nan": "NaN does not propagate through relu, maximum, minimum, max/min reductions, "
+           "argmax and max_pool2d: the kernels' tl.maximum / tl.max return the other operand "
+           "(relu(nan) = 0, max([nan, 1, 2]) = 2, argmax([1, nan, 2]) = 2) where the oracle, "
+           "like NumPy and torch, gives nan (and argmax the index of the first nan)",
     "unit-space": "a pool or reduce kernel whose output index space is all size-1 or rank 0 "
                   "(max_pool2d to [1, 1, 1, 1], softmax over [1, 1], log_softmax over [1], "
                   "mse of scalars, cross_entropy of unbatched logits) stores a block value "
@@ -117,6 +121,16 @@ def bools(*shape: int) -> Spec:
 
 def values(*vs: float) -> Spec:
     return lambda rng: np.array(vs, dtype=np.float64)
+
+
+def nonfinite(rng: np.random.Generator) -> np.ndarray:
+    """[3, 7] with nan, inf and -inf in different rows and columns."""
+    row = np.array([np.nan, 1.0, -2.0, 3.0, np.inf, -np.inf, 0.0])
+    return np.stack([row, row[::-1], [1.0, 2.0, -np.inf, np.inf, 5.0, 6.0, 7.0]])
+
+
+def nan_image(rng: np.random.Generator) -> np.ndarray:
+    return np.where(rng.random((1, 2, 4, 4)) > 0.7, np.nan, rng.standard_normal((1, 2, 4, 4)))
 
 
 LARGE = values(-200.0, -100.0, -50.0, -20.0, -1.0, 0.0, 1.0, 20.0, 50.0, 100.0, 200.0)
@@ -508,6 +522,20 @@ model M {
 }""", x=normal(2, 1), id="loop T=1"),
 ]
 
+# ---- nan and inf -------------------------------------------------------------------------
+
+NONFINITE_CASES = [
+    *[case(e, x=nonfinite, id=f"{e} nonfinite") for e in (
+        "exp(x) + abs(x) * sigmoid(x) - tanh(x)", "sqrt(x) + log(x) * rsqrt(x)", "gelu(x)",
+        "erf(x)", "x != x", "where(x > 0.0, x, 1.0)", "sum(x, axis=-1)", "mean(x, axis=0)",
+        "softmax(x)", "log_softmax(x)", "layer_norm(x, 1.0, 0.0)", "x @ transpose(x)")],
+    case("avg_pool2d(x, 2)", x=nan_image, id="avg_pool2d nan"),
+    *[case(e, x=nonfinite, id=f"{e} nonfinite", bug="nan") for e in (
+        "relu(x)", "maximum(x, 0.5)", "minimum(x, 0.5)", "max(x, axis=-1)", "min(x, axis=0)",
+        "argmax(x)")],
+    case("max_pool2d(x, 2)", x=nan_image, id="max_pool2d nan", bug="nan"),
+]
+
 # ---- fusion: prologues, epilogues, views of kernel results -------------------------------
 
 FUSION_CASES = [
@@ -592,7 +620,8 @@ PATTERN_CASES = [
 CASES = [
     *UNARY_CASES, *BINARY_CASES, *SCALAR_CASES, *COMPARE_CASES, *LOGICAL_CASES, *INT_CASES,
     *REDUCE_CASES, *SOFTMAX_CASES, *NORM_CASES, *MATMUL_CASES, *CONV_CASES, *POOL_CASES,
-    *LOSS_CASES, *MOVEMENT_CASES, *CREATION_CASES, *LOOP_CASES, *FUSION_CASES, *PATTERN_CASES,
+    *LOSS_CASES, *MOVEMENT_CASES, *CREATION_CASES, *LOOP_CASES, *NONFINITE_CASES, *FUSION_CASES,
+    *PATTERN_CASES,
 ]
 
 
