@@ -27,19 +27,22 @@ def attention(w: KernelWriter) -> Launch:
     q, kt = w.g.nodes[s].srcs
     v = w.g.nodes[o].srcs[1]
     out = w.shape(o)
-    batch, T, D = out[:-2], out[-2], out[-1]
+    batch, T, D, DK = out[:-2], out[-2], out[-1], w.shape(q)[-1]
     TK = w.shape(s)[-1]
-    Tt, TKt, Dt = dim_text(T), dim_text(TK), dim_text(D)
+    Tt, TKt, Dt, DKt = dim_text(T), dim_text(TK), dim_text(D), dim_text(DK)
     w.line("pid_m = tl.program_id(0)")
     w.line("pid_b = tl.program_id(1)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
+    w.line("rq = tl.arange(0, BLOCK_DK)[None, :]")
+    w.line("rdk = tl.arange(0, BLOCK_DK)[:, None]")
     w.line("rd = tl.arange(0, BLOCK_D)[None, :]")
-    w.line("rdk = tl.arange(0, BLOCK_D)[:, None]")
-    w.masks.update(m=f"(rm < {Tt})", d=f"(rd < {Dt})", dk=f"(rdk < {Dt})")
+    w.axes(m=("rm", f"(rm < {Tt})"), q=("rq", f"(rq < {DKt})"), dk=("rdk", f"(rdk < {DKt})"),
+           d=("rd", f"(rd < {Dt})"))
     bidx = _name_index(w, ix.delinear(Ix("pid_b"), batch), _index_names(batch, "b"))
     rm, rd, rdk = Ix("rm", frozenset("m")), Ix("rd", frozenset("d")), Ix("rdk", frozenset({"dk"}))
-    qt = operand(w, q, ix.broadcast_index(bidx + (rm, rd), batch + (T, D), w.shape(q)),
-                 {"m", "d"}, "(BLOCK_M, BLOCK_D)")
+    rq = Ix("rq", frozenset("q"))
+    qt = operand(w, q, ix.broadcast_index(bidx + (rm, rq), batch + (T, DK), w.shape(q)),
+                 {"m", "q"}, "(BLOCK_M, BLOCK_DK)")
     f = "tl.float64" if w.dtype(o).value == "f64" else "tl.float32"
     w.line(f"m_i = tl.full((BLOCK_M, 1), -float(\"inf\"), dtype={f})")
     w.line(f"l_i = tl.zeros((BLOCK_M, 1), dtype={f})")
@@ -52,10 +55,10 @@ def attention(w: KernelWriter) -> Launch:
     w.push()
     w.line("rn = start + tl.arange(0, BLOCK_N)[None, :]")
     w.line("rnk = start + tl.arange(0, BLOCK_N)[:, None]")
-    w.masks.update(n=f"(rn < {TKt})", nk=f"(rnk < {TKt})")
+    w.axes(n=("rn", f"(rn < {TKt})"), nk=("rnk", f"(rnk < {TKt})"))
     rn, rnk = Ix("rn", frozenset("n")), Ix("rnk", frozenset({"nk"}))
-    kt_tile = operand(w, kt, ix.broadcast_index(bidx + (rdk, rn), batch + (D, TK), w.shape(kt)),
-                      {"dk", "n"}, "(BLOCK_D, BLOCK_N)")
+    kt_tile = operand(w, kt, ix.broadcast_index(bidx + (rdk, rn), batch + (DK, TK), w.shape(kt)),
+                      {"dk", "n"}, "(BLOCK_DK, BLOCK_N)")
     w.line(f"qk = tl.dot({qt.text}, {kt_tile.text}{dot_precision(w, s)})", s)
     w.remember(s, bidx + (rm, rn), Ix("qk", frozenset({"m", "n"})))
     x = w.value(x_node, bidx + (rm, rn))
@@ -81,8 +84,8 @@ def attention(w: KernelWriter) -> Launch:
     return Launch([f"triton.cdiv({Tt}, BLOCK_M)", dim_text(dims.prod(batch))],
                   {"BLOCK_M": f"blocks.attention_rows({Tt})",
                    "BLOCK_N": f"blocks.attention_cols({TKt})",
-                   "BLOCK_D": f"blocks.head_dim({Dt})"},
-                  num_warps=f"blocks.attention_warps({Dt})")
+                   "BLOCK_DK": f"blocks.head_dim({DKt})", "BLOCK_D": f"blocks.head_dim({Dt})"},
+                  num_warps=f"blocks.attention_warps(max({DKt}, {Dt}))")
 
 
 def gates(w: KernelWriter) -> Launch:
@@ -94,7 +97,7 @@ def gates(w: KernelWriter) -> Launch:
     w.line("pid_n = tl.program_id(1)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    w.masks.update(m=f"(rm < {Mt})", n=f"(rn < {width})")
+    w.axes(m=("rm", f"(rm < {Mt})"), n=("rn", f"(rn < {width})"))
     rm, rn = Ix("rm", frozenset("m")), Ix("rn", frozenset("n"))
     f = "tl.float64" if w.dtype(total).value == "f64" else "tl.float32"
     accs = [f"acc{g}" for g in range(len(slices))]
@@ -107,7 +110,7 @@ def gates(w: KernelWriter) -> Launch:
         w.push()
         w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
         w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-        w.masks.update(ka=f"(ka < {K})", kb=f"(kb < {K})")
+        w.axes(ka=("ka", f"(ka < {K})"), kb=("kb", f"(kb < {K})"))
         at = operand(w, a, (rm, Ix("ka", frozenset({"ka"}))), {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
         for g, acc in enumerate(accs):
             col = ix.add(Ix(str(g * width)), rn)
@@ -115,8 +118,9 @@ def gates(w: KernelWriter) -> Launch:
                          "(BLOCK_K, BLOCK_N)")
             w.line(f"{acc} = tl.dot({at.text}, {bt.text}, {acc}{dot_precision(w, m)})", m)
         w.pop()
+    lane = rn if width != 1 else ix.ZERO  # how reads of a width-1 slice spell its index
     for g, acc in enumerate(accs):
-        w.remember(total, (rm, ix.add(Ix(str(g * width)), rn)), Ix(acc, frozenset({"m", "n"})))
+        w.remember(total, (rm, ix.add(Ix(str(g * width)), lane)), Ix(acc, frozenset({"m", "n"})))
     store_outputs(w, {i: (rm, rn) for i in w.kernel.outputs})
     Kmax = max((w.shape(w.g.nodes[m].srcs[0])[-1] for m in k.info["matmuls"]), key=str)
     return Launch([f"triton.cdiv({Mt}, BLOCK_M)", f"triton.cdiv({width}, BLOCK_N)"],

@@ -77,9 +77,10 @@ def strides(shape: Shape) -> list[Dim]:
 def linear(idx: tuple[Ix, ...], shape: Shape) -> Ix:
     """The row-major offset of a multi-index into a contiguous buffer."""
     out = ZERO
-    for i, st, d in zip(idx, strides(shape), shape):
-        if d != 1:
-            out = add(out, mul(i, st))
+    for i, st in zip(idx, strides(shape)):
+        # a size-1 dim still contributes its index: for a tile axis that index
+        # is 0 on the valid lanes, and keeping it keeps the axis (and its mask)
+        out = add(out, mul(i, st))
     return out
 
 
@@ -89,7 +90,7 @@ def delinear(flat: Ix, shape: Shape) -> tuple[Ix, ...]:
     rest = flat
     for k in reversed(range(len(shape))):
         if k == 0:
-            out.append(rest if shape[0] != 1 else ZERO)
+            out.append(rest)  # 0 on valid lanes even for a size-1 dim; keeps the axis
         else:
             out.append(mod(rest, shape[k]))
             rest = floordiv(rest, shape[k])
@@ -138,5 +139,4 @@ def _proper_divisor(a: Dim, b: Dim) -> bool:
 def broadcast_index(idx: tuple[Ix, ...], out_shape: Shape, src_shape: Shape) -> tuple[Ix, ...]:
     """Index into an operand broadcast (NumPy rules) to out_shape."""
     lead = len(out_shape) - len(src_shape)
-    return tuple(ZERO if d == 1 and out_shape[lead + k] != 1 else idx[lead + k]
-                 for k, d in enumerate(src_shape))
+    return tuple(ZERO if d == 1 else idx[lead + k] for k, d in enumerate(src_shape))

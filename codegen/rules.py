@@ -16,14 +16,16 @@ TL_DTYPE = {DType.F32: "tl.float32", DType.F64: "tl.float64", DType.I32: "tl.int
 PTR_DTYPE = {DType.F32: "*fp32", DType.F64: "*fp64", DType.I32: "*i32", DType.I64: "*i64",
              DType.BOOL: "*i1"}
 
+NAN = "propagate_nan=tl.PropagateNan.ALL"  # NaN wins, as in NumPy and torch
+
 triton_rules: dict[Op, str] = {
     Op.NEG: "-{0}", Op.EXP: "tl.exp({0})", Op.LOG: "tl.log({0})", Op.SQRT: "tl.sqrt({0})",
-    Op.RSQRT: "tl.rsqrt({0})", Op.ABS: "tl.abs({0})", Op.RELU: "tl.maximum({0}, 0.0)",
+    Op.RSQRT: "tl.rsqrt({0})", Op.ABS: "tl.abs({0})", Op.RELU: f"tl.maximum({{0}}, 0.0, {NAN})",
     Op.SIGMOID: "tl.sigmoid({0})", Op.TANH: "_tanh({0})", Op.ERF: "tl.erf({0})",
     Op.NOT: "{0} == 0",
     Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
-    Op.POW: "_pow({0}, {1})", Op.MAXIMUM: "tl.maximum({0}, {1})",
-    Op.MINIMUM: "tl.minimum({0}, {1})", Op.LT: "{0} < {1}", Op.LE: "{0} <= {1}",
+    Op.POW: "_pow({0}, {1})", Op.MAXIMUM: f"tl.maximum({{0}}, {{1}}, {NAN})",
+    Op.MINIMUM: f"tl.minimum({{0}}, {{1}}, {NAN})", Op.LT: "{0} < {1}", Op.LE: "{0} <= {1}",
     Op.GT: "{0} > {1}", Op.GE: "{0} >= {1}", Op.EQ: "{0} == {1}", Op.NE: "{0} != {1}",
     Op.AND: "{0} & {1}", Op.OR: "{0} | {1}", Op.WHERE: "tl.where({0}, {1}, {2})",
 }
@@ -49,10 +51,10 @@ def _tanh(x):
 def _pow(x, y):
     # x ** y for any sign of x: |x| ** y, negated for odd integer y, NaN for a
     # negative base with a fractional exponent; 0 ** 0 == 1 as in NumPy.
+    # (nested where rather than `&`, which the interpreter rejects on scalars)
     r = tl.exp(y * tl.log(tl.abs(x)))
-    is_int = y == tl.floor(y)
-    odd = is_int & (tl.floor(y * 0.5) * 2.0 != y)
-    r = tl.where((x < 0) & odd, -r, r)
-    r = tl.where((x < 0) & (y != tl.floor(y)), float("nan"), r)
+    frac = y != tl.floor(y)
+    odd = (y - 2.0 * tl.floor(y * 0.5)) == 1.0
+    r = tl.where(x < 0, tl.where(frac, float("nan"), tl.where(odd, -r, r)), r)
     return tl.where(y == 0, 1.0, r)
 '''

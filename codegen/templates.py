@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ember.ir import dims
 from ember.ir.dims import Shape
+from ember.ir.dtypes import DType
 from ember.ir.ops import REDUCE, Op
 
 from . import ix
@@ -58,7 +59,7 @@ def pointwise(w: KernelWriter) -> Launch:
     w.line("pid = tl.program_id(0)")
     w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     w.line(f"mask = offs < {numel}")
-    w.masks["x"] = "mask"
+    w.axes(x=("offs", "mask"))
     idx = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape), _index_names(shape))
     store_outputs(w, {o: idx for o in w.kernel.outputs})
     return Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
@@ -68,6 +69,17 @@ def pointwise(w: KernelWriter) -> Launch:
 
 IDENTITY = {Op.SUM: "0.0", Op.MEAN: "0.0", Op.MAX: '-float("inf")', Op.MIN: 'float("inf")',
             Op.ARGMAX: '-float("inf")'}
+INT_LIMITS = {DType.I32: 2**31 - 1, DType.I64: 2**63 - 1, DType.BOOL: 1}
+
+
+def identity(op: Op, dtype: DType) -> str:
+    """The value masked lanes take in a reduction, in the operand's own dtype
+    (a float identity would promote an integer reduction to float32)."""
+    if dtype.is_float:
+        return IDENTITY[op]
+    top = INT_LIMITS[dtype]
+    return {Op.SUM: "0", Op.MAX: str(-top - 1 if dtype.is_int else 0),
+            Op.MIN: str(top), Op.ARGMAX: str(-top - 1 if dtype.is_int else 0)}[op]
 
 
 def reduce(w: KernelWriter) -> Launch:
@@ -81,7 +93,7 @@ def reduce(w: KernelWriter) -> Launch:
     w.line("r = tl.arange(0, RBLOCK)[None, :]")
     w.line(f"rmask = r < {n_r}")
     w.line("mask = xmask & rmask")
-    w.masks.update(x="xmask", r="rmask")
+    w.axes(x=("rows", "xmask"), r=("r", "rmask"))
     kept_idx = _name_index(w, ix.delinear(Ix("rows", frozenset("x")), kept),
                            [f"i{a}" for a in range(len(full)) if a not in axes])
     red_idx = _name_index(w, ix.delinear(Ix("r", frozenset("r")), red), [f"r{a}" for a in axes])
@@ -107,7 +119,8 @@ def reduce(w: KernelWriter) -> Launch:
 def _reduction(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -> None:
     n = w.g.nodes[i]
     v = w.value(n.srcs[0], full_idx)
-    masked = f"tl.where(mask, {v.text}, {IDENTITY[n.op]})"
+    dtype = w.dtype(n.srcs[0])
+    masked = f"tl.where(mask, {v.text}, {identity(n.op, dtype)})"
     if n.op in (Op.SUM, Op.MEAN):
         expr = f"tl.sum({masked}, axis=1, keep_dims=True)"
         if n.op is Op.MEAN:
@@ -117,6 +130,20 @@ def _reduction(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -> N
     else:
         expr = f"tl.{n.op.value}({masked}, axis=1, keep_dims=True)"
     w.line(f"red{i} = {expr}", i)
+    if dtype.is_float and n.op in (Op.MAX, Op.MIN, Op.ARGMAX):
+        _propagate_nan(w, i, v)
+
+
+def _propagate_nan(w: KernelWriter, i: int, v: Ix) -> None:
+    """tl.max/tl.argmax skip NaN; NumPy and torch return NaN (argmax: the
+    index of the first NaN), which is what the oracle defines."""
+    w.line(f"nan{i} = tl.where(mask, tl.where({v.text} != {v.text}, 1, 0), 0)")
+    w.line(f"has_nan{i} = tl.max(nan{i}, axis=1, keep_dims=True) > 0")
+    if w.g.nodes[i].op is Op.ARGMAX:
+        first = f"tl.argmax(nan{i}, axis=1, keep_dims=True)"
+        w.line(f"red{i} = tl.where(has_nan{i}, {first}, red{i})")
+    else:
+        w.line(f'red{i} = tl.where(has_nan{i}, float("nan"), red{i})')
 
 
 # ---- matmul -----------------------------------------------------------------------------
@@ -136,7 +163,7 @@ def matmul(w: KernelWriter) -> Launch:
         w.line("pid_b = tl.program_id(2)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    w.masks.update(m=f"(rm < {dim_text(rows)})", n=f"(rn < {dim_text(N)})")
+    w.axes(m=("rm", f"(rm < {dim_text(rows)})"), n=("rn", f"(rn < {dim_text(N)})"))
     rm, rn = Ix("rm", frozenset("m")), Ix("rn", frozenset("n"))
     if fold:
         lead = _name_index(w, ix.delinear(rm, batch + (M,)), _index_names(batch + (M,), "b"))
@@ -150,7 +177,7 @@ def matmul(w: KernelWriter) -> Launch:
     w.push()
     w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
     w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-    w.masks.update(ka=f"(ka < {dim_text(K)})", kb=f"(kb < {dim_text(K)})")
+    w.axes(ka=("ka", f"(ka < {dim_text(K)})"), kb=("kb", f"(kb < {dim_text(K)})"))
     tile_a = ix.broadcast_index(bidx + (mi, Ix("ka", frozenset({"ka"}))), batch + (M, K), sa)
     tile_b = ix.broadcast_index(bidx + (Ix("kb", frozenset({"kb"})), rn), batch + (K, N), sb)
     va = operand(w, a, tile_a, {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
@@ -173,10 +200,9 @@ def dot_precision(w: KernelWriter, m: int) -> str:
 def operand(w: KernelWriter, i: int, idx: tuple[Ix, ...], axes: set[str], tile: str) -> Ix:
     """A dot operand tile: zero where masked, broadcast to the full tile."""
     v = w.value(i, idx)
-    text = v.text
-    if v.text not in w.loads:
-        text = f"tl.where({w.mask_for(frozenset(axes))}, {text}, 0.0)"
-    if v.axes != frozenset(axes) or text != v.text:
-        text = f"tl.broadcast_to({text}, {tile})" if v.axes != frozenset(axes) else text
-        return w.let(w.fresh(f"{w.names.get(i, 'op')}_tile"), text, frozenset(axes))
-    return v
+    if v.text in w.loads and v.axes == frozenset(axes):
+        return v  # a masked load of the whole tile is zero outside it already
+    # computed values, and values constant along an axis (a size-1 K), must be
+    # zero on the tile's padding lanes or tl.dot would sum them in
+    text = f"tl.where({w.mask_for(frozenset(axes))}, {v.text}, 0.0)"
+    return w.let(w.fresh(f"{w.names.get(i, 'op')}_tile"), text, frozenset(axes))

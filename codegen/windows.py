@@ -33,7 +33,7 @@ def conv(w: KernelWriter) -> Launch:
     w.line("group = tl.program_id(2)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    w.masks.update(m=f"(rm < {ix.dim_text(rows)})", n=f"(rn < {ocg})")
+    w.axes(m=("rm", f"(rm < {ix.dim_text(rows)})"), n=("rn", f"(rn < {ocg})"))
     bn, oh, ow = _name_index(w, ix.delinear(Ix("rm", frozenset("m")), (N, OH, OW)),
                              ["batch", "oh", "ow"])
     oc = w.let("oc", f"group * {ocg} + rn", frozenset("n")) if groups > 1 else Ix(
@@ -43,14 +43,15 @@ def conv(w: KernelWriter) -> Launch:
     w.push()
     w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
     w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-    w.masks.update(ka=f"(ka < {ktot})", kb=f"(kb < {ktot})")
+    w.axes(ka=("ka", f"(ka < {ktot})"), kb=("kb", f"(kb < {ktot})"))
     ca, kha, kwa = _name_index(w, ix.delinear(Ix("ka", frozenset({"ka"})), (CG, KH, KW)),
                                ["ca", "kha", "kwa"])
     ih = w.let("ih", f"{oh} * {sh} - {ph} + {kha} * {dh}", frozenset({"m", "ka"}))
     iw = w.let("iw", f"{ow} * {sw} - {pw} + {kwa} * {dw}", frozenset({"m", "ka"}))
-    w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
     cin = Ix(f"group * {CG} + {ca}", frozenset({"ka"})) if groups > 1 else ca
-    w.extra_mask = "inside"
+    if ph or pw:  # without padding every tap of a valid output lies inside
+        w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
+        w.extra_mask = "inside"
     va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
     w.extra_mask = ""
     cb, khb, kwb = _name_index(w, ix.delinear(Ix("kb", frozenset({"kb"})), (CG, KH, KW)),
@@ -82,7 +83,7 @@ def pool(w: KernelWriter) -> Launch:
     w.line("pid = tl.program_id(0)")
     w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     w.line(f"mask = offs < {numel}")
-    w.masks["x"] = "mask"
+    w.axes(x=("offs", "mask"))
     bn, ch, oh, ow = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape),
                                  ["batch", "ch", "oh", "ow"])
     is_max = n.op is Op.MAX_POOL2D
@@ -94,12 +95,14 @@ def pool(w: KernelWriter) -> Launch:
     w.push()
     ih = w.let("ih", f"{oh} * {sh} - {ph} + i", frozenset("x"))
     iw = w.let("iw", f"{ow} * {sw} - {pw} + j", frozenset("x"))
-    w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
-    w.extra_mask = "inside"
+    if ph or pw:  # without padding every tap of a valid output lies inside
+        w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
+        w.extra_mask = "inside"
     v = w.value(x, (bn, ch, ih, iw))
+    tap = f"tl.where(inside, {v.text}, {fill})" if w.extra_mask else v.text
     w.extra_mask = ""
-    tap = f"tl.where(inside, {v.text}, {fill})"
-    w.line(f"acc = tl.maximum(acc, {tap})" if is_max else f"acc += {tap}", p)
+    w.line(f"acc = tl.maximum(acc, {tap}, propagate_nan=tl.PropagateNan.ALL)" if is_max
+           else f"acc += {tap}", p)
     w.pop()
     w.depth -= 1
     if not is_max:

@@ -48,6 +48,7 @@ class KernelWriter:
     loads: set[str] = field(default_factory=set)
     counters: dict[int, str] = field(default_factory=dict)   # loop counter -> launcher var
     extras: dict[str, tuple[str, Shape, DType]] = field(default_factory=dict)
+    axis_vars: dict[str, str] = field(default_factory=dict)   # tile axis -> its index var
 
     @property
     def g(self) -> Graph:
@@ -86,7 +87,11 @@ class KernelWriter:
         self.memo[-1][self._key(node, idx)] = v
 
     def _key(self, node: int, idx: tuple[Ix, ...]) -> Any:
-        return node, tuple(i.text for i in idx), self.extra_mask
+        # a size-1 dim has one valid index, so requests spelling it "0" or "rm"
+        # (a tile axis that is 0 on every valid lane) ask for the same value
+        shape = self.g.nodes[node].tensor.shape if idx else ()
+        text = tuple("0" if d == 1 else i.text for i, d in zip(idx, shape))
+        return node, text, self.extra_mask
 
     def value(self, i: int, idx: tuple[Ix, ...]) -> Ix:
         key = self._key(i, idx)
@@ -122,6 +127,8 @@ class KernelWriter:
                 for s in n.srcs]
         if n.op is Op.CAST:
             expr = f"{args[0]}.to({TL_DTYPE[n.attrs['dtype']]})"
+        elif n.op is Op.POW and self.g.nodes[n.srcs[1]].op is Op.CONST:
+            expr = _const_pow(args[0].text, self.g.nodes[n.srcs[1]].attrs["value"])
         else:
             expr = triton_rules[n.op].format(*(a.text for a in args))
         axes = frozenset().union(*(a.axes for a in args))
@@ -149,6 +156,12 @@ class KernelWriter:
     def offset(self, i: int, idx: tuple[Ix, ...]) -> Ix:
         return ix.linear(idx, self.shape(i))
 
+    def axes(self, **masks: tuple[str, str]) -> None:
+        """Declare tile axes: name -> (index variable, mask expression)."""
+        for axis, (var, mask) in masks.items():
+            self.axis_vars[axis] = var
+            self.masks[axis] = mask
+
     def mask_for(self, axes: frozenset[str]) -> str:
         parts = [self.masks[a] for a in sorted(axes) if a in self.masks]
         if self.extra_mask:
@@ -167,6 +180,8 @@ class KernelWriter:
 
     def store(self, i: int, idx: tuple[Ix, ...], v: Ix, off: Ix | None = None) -> None:
         off = off or self.offset(i, idx)
+        for axis in sorted(v.axes - off.axes):  # e.g. a scalar result of a row tile
+            off = ix.add(off, Ix(f"0 * {self.axis_vars[axis]}", frozenset({axis})))
         mask = self.mask_for(off.axes)
         addr = self.pointer(i) if off.text == "0" else f"{self.pointer(i)} + {off.text}"
         self.line(f"tl.store({addr}, {v.text}" + (f", mask={mask})" if mask else ")"))
@@ -177,6 +192,14 @@ class KernelWriter:
         if dtype is DType.BOOL:
             return Ix("1" if value else "0")
         return Ix(repr(float(value)) if dtype.is_float else str(int(value)))
+
+
+def _const_pow(x: str, p: float) -> str:
+    """x ** p for a constant p: exact products and roots where they exist,
+    matching the oracle's np.power bit for bit on the common exponents."""
+    forms = {1.0: "{x}", 2.0: "{x} * {x}", 3.0: "{x} * {x} * {x}", 0.5: "tl.sqrt({x})",
+             -0.5: "tl.rsqrt({x})", -1.0: "1.0 / {x}"}
+    return forms.get(float(p), "_pow({x}, " + repr(float(p)) + ")").format(x=x)
 
 
 # ---- views and leaves: index arithmetic, no data movement ---------------------------

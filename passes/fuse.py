@@ -109,6 +109,14 @@ def can_join(plan: Plan, k: int, i: int) -> str | None:
             return f"{n.op.value} reduces a different shape or axes"
         if n.op is Op.ARGMAX:
             return "argmax stays its own kernel"
+        full, axes = kern.space
+        keep = tuple(1 if a in axes else d for a, d in enumerate(full))
+        for s in n.srcs:
+            if (plan.home.get(s) == k and shape == full
+                    and g.nodes[s].tensor.shape not in (full, keep)):
+                return (f"{n.op.value} broadcasts a reduced value "
+                        f"{dims.fmt(g.nodes[s].tensor.shape)} along the reduced axes of "
+                        f"{dims.fmt(full)}")
     elif n.op in REDUCE:
         return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
     elif shape != g.nodes[kern.anchor].tensor.shape:

@@ -112,13 +112,21 @@ def _score_chain(g: Graph, x: int) -> tuple[list[int], int | None]:
     return chain, i if g.nodes[i].tensor.shape == shape else None
 
 
+# A masked score at or below this contributes exp(fill - rowmax) == 0 (it
+# underflows in float32 and float64) unless real scores come within ~1e4 of
+# it, so key tiles past the diagonal can be skipped without changing a bit.
+MASKED = -1e4
+
+
 def _is_causal(g: Graph, chain: list[int], s: int) -> bool:
     """Is one step `where(row >= col, scores, c)` over the last two axes, with
     the scores in the kept branch?"""
     below = chain[1:] + [s]
     for i, score_side in zip(chain, below):
         n = g.nodes[i]
-        if n.op is Op.WHERE and n.srcs[1] == score_side and n.srcs[2] != score_side:
+        fill = g.nodes[n.srcs[2]] if n.op is Op.WHERE else None
+        if (n.op is Op.WHERE and n.srcs[1] == score_side and fill.op is Op.CONST
+                and fill.attrs["value"] <= MASKED):
             cond = _through_views(g, n.srcs[0])
             c = g.nodes[cond]
             if c.op is Op.GE and [g.nodes[_through_views(g, s)].op for s in c.srcs] == [

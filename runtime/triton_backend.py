@@ -9,12 +9,13 @@ kernel source in a real file) and are imported under a name from their key.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import sys
 from collections.abc import Mapping
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from types import ModuleType
 
@@ -40,6 +41,19 @@ def has_gpu() -> bool:
 
 def device() -> str:
     return "cuda" if has_gpu() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """A hash of the code generator's own source: a development build whose
+    version string has not changed still never reuses stale kernels."""
+    import ember.codegen
+    import ember.passes
+    digest = hashlib.sha256()
+    for package in (ember.codegen, ember.passes):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _select_mode() -> None:
@@ -78,7 +92,8 @@ class TritonProgram:
                  cache: CodeCache | None = None):
         self.graph, self.fused, self.precision = g, fused, precision
         cache = cache or CodeCache()
-        key = cache.key(print_graph(g), f"fused={fused}", f"precision={precision}")
+        key = cache.key(print_graph(g), f"fused={fused}", f"precision={precision}",
+                        compiler_fingerprint())
         files = cache.get(key)
         if files is None:
             files = {"kernels.py": self.module.source,

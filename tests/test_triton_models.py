@@ -129,17 +129,8 @@ def test_one_program_serves_every_batch_size(model: str) -> None:
         assert_within_tolerance(got, api.run(g, inputs, params, seed, env))
 
 
-UNIT_DIMS_BUG = ("with B (and T) bound to 1 at compile time, as `ember run --dims B=1` does, "
-                 "a matmul/conv/attention/gates tile drops its size-1 axis from the output "
-                 "offset and tl.store fails (ValueError: Expected pointer argument to have "
-                 "shape [16, 64] but got [1, 64]); see the size-1 cases in test_triton_ops.py")
-
-
 @pytest.mark.parametrize("model", MODEL_NAMES)
-@pytest.mark.parametrize("bind", [
-    "run time",
-    pytest.param("compile time", marks=pytest.mark.xfail(strict=True, reason=UNIT_DIMS_BUG)),
-])
+@pytest.mark.parametrize("bind", ["run time", "compile time"])
 def test_batch_of_one(model: str, bind: str) -> None:
     dims = {"B": 1, "T": 1}
     g = api.compile_file(MODELS / f"{model}.ember", "loss",

@@ -15,9 +15,6 @@ elements spills a pointwise kernel into a second, partial, program), odd K
 (7, 33) and N = 129 for matmul, and 3 or 5 channels for conv2d. Shapes stay
 small (the interpreter pays per program instance): the file runs in ~15 s on
 2 cores.
-
-Cases that expose code generation bugs are marked xfail(strict=True) with the
-reason; `BUGS` below lists them.
 """
 
 from __future__ import annotations
@@ -44,53 +41,6 @@ from ember.runtime.rand import dropout_keep, stream_seed  # noqa: E402
 from ember.runtime.triton_backend import TritonProgram  # noqa: E402
 
 SIZES = (1, 7, 33, 129)
-
-# ---- known bugs (each case below that hits one is a strict xfail) --------------------------
-
-BUGS = {
-    "reduce-broadcast": "a reduce kernel computes an elementwise op that broadcasts a "
-                        "non-keepdims reduction result against the full shape with the kept "
-                        "axes landing on the reduced ones (x[7, 7] - sum(x, axis=1)): "
-                        "AssertionError 'sum %1 must be computed by its kernel template'",
-    "pow-scalar": "pow with a scalar operand (a constant exponent as in a ** 2, or a rank-0 "
-                  "or size-1 base): the prelude's _pow combines a scalar and a block with `&`, "
-                  "which Triton's interpreter rejects (TypeError: ufunc 'bitwise_and' not "
-                  "supported); the same kernels compile for sm_90",
-    "matmul-unit-mn": "matmul with a static M = 1 or N = 1: the size-1 axis is dropped from "
-                      "the output offset, so tl.store gets a [1, BLOCK_N] pointer for a "
-                      "[BLOCK_M, BLOCK_N] tile (ValueError: Expected pointer argument to have "
-                      "shape ...)",
-    "matmul-unit-k": "matmul with K = 1: neither operand's offset varies along K, so both "
-                     "tiles broadcast the single product over the whole BLOCK_K and the "
-                     "result is BLOCK_K (16) times too large",
-    "conv-unit-mn": "conv2d with a single output channel, or N * OH * OW = 1: the size-1 "
-                    "axis is dropped from the output offset (ValueError from tl.store)",
-    "pattern-unit": "the attention and gates kernels have the same size-1 problem: "
-                    "attention over T = 1 queries, an LSTM cell with hidden size 1 "
-                    "(ValueError from tl.store)",
-    "gates-unit-k": "the gates kernel with an input size of 1 (x_t @ w_ih with K = 1) has the "
-                    "matmul K = 1 problem: silently wrong values",
-    "attention-dk-dv": "the flash-attention kernel takes the q/k head dim from v's last axis: "
-                       "softmax(q @ transpose(k)) @ v with q, k [7, 5] and v [9, 3] (or 3 vs "
-                       "5) silently returns wrong values (max abs error ~1)",
-    "attention-causal-fill": "a causal where(causal_mask(T), scores, c) is detected without "
-                             "looking at c: the attention kernel skips key tiles past the "
-                             "diagonal, which is only right when exp(c - max) underflows to 0; "
-                             "with c = 0.0 and T = 33 (two key tiles) the result is silently "
-                             "wrong (max abs error ~0.09)",
-    "int-reduce": "sum / max / min of an integer tensor is computed in float32: the masked "
-                  "identity (tl.where(mask, v, 0.0) or -float('inf')) promotes the ints, so "
-                  "values above 2**24 are rounded (sum of i32 [2**24 + 1, 0] gives 2**24)",
-    "nan": "NaN does not propagate through relu, maximum, minimum, max/min reductions, "
-           "argmax and max_pool2d: the kernels' tl.maximum / tl.max return the other operand "
-           "(relu(nan) = 0, max([nan, 1, 2]) = 2, argmax([1, nan, 2]) = 2) where the oracle, "
-           "like NumPy and torch, gives nan (and argmax the index of the first nan)",
-    "unit-space": "a pool or reduce kernel whose output index space is all size-1 or rank 0 "
-                  "(max_pool2d to [1, 1, 1, 1], softmax over [1, 1], log_softmax over [1], "
-                  "mse of scalars, cross_entropy of unbatched logits) stores a block value "
-                  "through a scalar pointer (ValueError: Value argument cannot be block type "
-                  "if pointer argument is not a block)",
-}
 
 # ---- inputs -------------------------------------------------------------------------------
 
@@ -167,20 +117,18 @@ class Case:
     id: str
     f64: bool = False          # also run in float64 (tolerance 1e-10)
     train: bool = False
-    bug: str = ""              # a key of BUGS: the case is a strict xfail
 
     def param(self) -> Any:
-        marks = [pytest.mark.xfail(strict=True, reason=BUGS[self.bug])] if self.bug else []
-        return pytest.param(self, id=self.id, marks=marks)
+        return pytest.param(self, id=self.id)
 
 
-def case(expr: str, *, id: str = "", f64: bool = False, train: bool = False, bug: str = "",
+def case(expr: str, *, id: str = "", f64: bool = False, train: bool = False,
          **inputs: Spec) -> Case:
     if not id:
         shapes = ", ".join(f"{k}{list(s(np.random.default_rng(0)).shape)}"
                            for k, s in inputs.items())
         id = f"{expr} [{shapes}]" if shapes else expr
-    return Case(expr, inputs, id, f64=f64, train=train, bug=bug)
+    return Case(expr, inputs, id, f64=f64, train=train)
 
 
 def draw(c: Case, float64: bool) -> dict[str, np.ndarray]:
@@ -246,8 +194,7 @@ BROADCASTS = [((7, 33), (33,)), ((3, 1, 7), (5, 1)), ((), (129,)), ((1,), (1, 7)
 BINARY_CASES = [
     case(f"{name}(a, b)" if not sym or (sa, sb) != BROADCASTS[0] else f"a {sym} b",
          a=(positive if name == "pow" else normal)(*sa), b=normal(*sb),
-         f64=name in ("div", "pow") and sa == (7, 33),
-         bug="pow-scalar" if name == "pow" and sa in ((), (1,)) else "")
+         f64=name in ("div", "pow") and sa == (7, 33))
     for name, sym in BINARY for sa, sb in BROADCASTS
 ]
 
@@ -261,8 +208,8 @@ SCALAR_CASES = [
     case("2.0 ** a", a=normal(3, 33)),
     case("maximum(a, 0.5)", a=normal(7)),
     case("minimum(a, 0)", a=normal(33)),
-    case("a ** 2", a=normal(3, 33), bug="pow-scalar"),
-    case("a ** -0.5", a=positive(7), bug="pow-scalar"),
+    case("a ** 2", a=normal(3, 33)),
+    case("a ** -0.5", a=positive(7)),
 ]
 
 COMPARE = ["<", "<=", ">", ">=", "==", "!="]
@@ -293,9 +240,9 @@ INT_CASES = [
     case("max(i, axis=-1)", i=ints(9, 7, 33)),
     case("min(i)", i=ints(9, 7, 33)),
     case("big_i + 1", big_i=big_ints(7, 33)),
-    case("sum(big_i, axis=0)", big_i=big_ints(3, 7), bug="int-reduce"),
-    case("max(big_i, axis=-1)", big_i=big_ints(7, 33), bug="int-reduce"),
-    case("min(big_i)", big_i=big_ints(7, 33), bug="int-reduce"),
+    case("sum(big_i, axis=0)", big_i=big_ints(3, 7)),
+    case("max(big_i, axis=-1)", big_i=big_ints(7, 33)),
+    case("min(big_i)", big_i=big_ints(7, 33)),
 ]
 
 # ---- reductions ---------------------------------------------------------------------------
@@ -323,8 +270,8 @@ REDUCE_CASES = [
     case("x * sum(x, axis=0)", x=normal(33, 7)),
     case("max(x, axis=1) - min(x, axis=1)", x=normal(7, 33)),
     case("sum(x, axis=-1), x - 1.0", x=normal(7, 33)),
-    case("x - sum(x, axis=1)", x=normal(7, 7), bug="reduce-broadcast"),
-    case("x + max(x, axis=(1, 2))", x=normal(3, 3, 3), bug="reduce-broadcast"),
+    case("x - sum(x, axis=1)", x=normal(7, 7)),
+    case("x + max(x, axis=(1, 2))", x=normal(3, 3, 3)),
 ]
 
 # ---- networks -----------------------------------------------------------------------------
@@ -337,8 +284,8 @@ SOFTMAX_CASES = [
     case("softmax(x)", x=normal(3, 129, scale=60), id="softmax(large)"),
     case("log_softmax(x)", x=normal(33, 7, scale=60), id="log_softmax(large)"),
     case("softmax(where(causal_mask(7), x, -1e9))", x=normal(2, 7, 7)),
-    case("softmax(x)", x=normal(1, 1), bug="unit-space"),
-    case("log_softmax(x)", x=normal(1), bug="unit-space"),
+    case("softmax(x)", x=normal(1, 1)),
+    case("log_softmax(x)", x=normal(1)),
 ]
 
 NORM_CASES = [
@@ -368,10 +315,10 @@ MATMUL_CASES = [
     case("exp(a) @ b", a=normal(3, 7), b=normal(7, 5)),
     case("(a @ b) @ c", a=normal(3, 7), b=normal(7, 5), c=normal(5, 3)),
     case("a @ b + transpose(a @ b)", a=normal(5, 7), b=normal(7, 5)),
-    case("a @ b", a=normal(1, 7), b=normal(7, 129), bug="matmul-unit-mn"),
-    case("a @ b", a=normal(3, 7), b=normal(7, 1), bug="matmul-unit-mn"),
-    case("a @ b", a=normal(2, 1, 7), b=normal(2, 7, 5), bug="matmul-unit-mn"),
-    case("a @ b", a=normal(3, 1), b=normal(1, 5), bug="matmul-unit-k"),
+    case("a @ b", a=normal(1, 7), b=normal(7, 129)),
+    case("a @ b", a=normal(3, 7), b=normal(7, 1)),
+    case("a @ b", a=normal(2, 1, 7), b=normal(2, 7, 5)),
+    case("a @ b", a=normal(3, 1), b=normal(1, 5)),
 ]
 
 CONV_CASES = [
@@ -394,8 +341,8 @@ CONV_CASES = [
          w=normal(5, 3, 3, 3), b=normal(5)),
     case("relu(batch_norm(conv2d(x, k, padding=1), w, b, m, v))", x=normal(2, 3, 7, 7),
          k=normal(5, 3, 3, 3), w=normal(5), b=normal(5), m=normal(5), v=positive(5)),
-    case("conv2d(x, w)", x=normal(1, 3, 7, 7), w=normal(1, 3, 3, 3), bug="conv-unit-mn"),
-    case("conv2d(x, w)", x=normal(1, 3, 3, 3), w=normal(5, 3, 3, 3), bug="conv-unit-mn"),
+    case("conv2d(x, w)", x=normal(1, 3, 7, 7), w=normal(1, 3, 3, 3)),
+    case("conv2d(x, w)", x=normal(1, 3, 3, 3), w=normal(5, 3, 3, 3)),
 ]
 
 POOL_CONFIGS = [
@@ -413,8 +360,8 @@ POOL_CASES = [
       # all-negative inputs: padding must count as -inf for max, as 0 for avg
       for spec, tag in ((normal, ""), (negative, " negative"))],
     case("relu(max_pool2d(x, 2)) + 1.0", x=normal(3, 5, 8, 8)),
-    case("max_pool2d(x, 1)", x=normal(1, 1, 1, 1), bug="unit-space"),
-    case("avg_pool2d(x, 1)", x=normal(1, 1, 1, 1), bug="unit-space"),
+    case("max_pool2d(x, 1)", x=normal(1, 1, 1, 1)),
+    case("avg_pool2d(x, 1)", x=normal(1, 1, 1, 1)),
 ]
 
 LOSS_CASES = [
@@ -427,8 +374,8 @@ LOSS_CASES = [
     case("mse(a, b)", a=normal(33), b=normal(33)),
     case("mse(a, b)", a=normal(4, 1), b=normal(4, 1)),
     case("dropout(x, p=0.3)", x=normal(7, 33), id="dropout eval"),
-    case("cross_entropy(z, y)", z=normal(6), y=ints(6), bug="unit-space"),
-    case("mse(a, b)", a=normal(), b=normal(), bug="unit-space"),
+    case("cross_entropy(z, y)", z=normal(6), y=ints(6)),
+    case("mse(a, b)", a=normal(), b=normal()),
 ]
 
 # ---- movement, indexing, creation ---------------------------------------------------------
@@ -543,10 +490,10 @@ NONFINITE_CASES = [
         "erf(x)", "x != x", "where(x > 0.0, x, 1.0)", "sum(x, axis=-1)", "mean(x, axis=0)",
         "softmax(x)", "log_softmax(x)", "layer_norm(x, 1.0, 0.0)", "x @ transpose(x)")],
     case("avg_pool2d(x, 2)", x=nan_image, id="avg_pool2d nan"),
-    *[case(e, x=nonfinite, id=f"{e} nonfinite", bug="nan") for e in (
+    *[case(e, x=nonfinite, id=f"{e} nonfinite") for e in (
         "relu(x)", "maximum(x, 0.5)", "minimum(x, 0.5)", "max(x, axis=-1)", "min(x, axis=0)",
         "argmax(x)")],
-    case("max_pool2d(x, 2)", x=nan_image, id="max_pool2d nan", bug="nan"),
+    case("max_pool2d(x, 2)", x=nan_image, id="max_pool2d nan"),
 ]
 
 # ---- fusion: prologues, epilogues, views of kernel results -------------------------------
@@ -615,18 +562,16 @@ PATTERN_CASES = [
     case("softmax(where(causal_mask(33), q @ transpose(k), -1e9)) @ v", q=normal(2, 33, 8),
          k=normal(2, 33, 8), v=normal(2, 33, 8)),
     case(ATTENTION.format(t=1), q=normal(2, 3, 1, 5), k=normal(2, 3, 1, 5),
-         v=normal(2, 3, 1, 5), bug="pattern-unit"),
-    case("softmax(q @ transpose(k)) @ v", q=normal(7, 5), k=normal(9, 5), v=normal(9, 3),
-         bug="attention-dk-dv"),
-    case("softmax(q @ transpose(k)) @ v", q=normal(7, 3), k=normal(9, 3), v=normal(9, 5),
-         bug="attention-dk-dv"),
+         v=normal(2, 3, 1, 5)),
+    case("softmax(q @ transpose(k)) @ v", q=normal(7, 5), k=normal(9, 5), v=normal(9, 3)),
+    case("softmax(q @ transpose(k)) @ v", q=normal(7, 3), k=normal(9, 3), v=normal(9, 5)),
     case("softmax(where(causal_mask(33), q @ transpose(k), 0.0)) @ v", q=normal(2, 33, 8),
-         k=normal(2, 33, 8), v=normal(2, 33, 8), bug="attention-causal-fill"),
+         k=normal(2, 33, 8), v=normal(2, 33, 8)),
     lstm_case(3, 5, 7, 5, f64=True),
     lstm_case(33, 3, 33, 9),
     lstm_case(2, 1, 129, 33),
-    lstm_case(1, 2, 3, 1, bug="pattern-unit"),
-    lstm_case(5, 4, 1, 3, bug="gates-unit-k"),
+    lstm_case(1, 2, 3, 1),
+    lstm_case(5, 4, 1, 3),
     case("split(x @ w + b, 3, axis=-1)", x=normal(5, 7), w=normal(7, 9), b=normal(9)),
 ]
 
