@@ -21,7 +21,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from util import MODEL_NAMES, MODELS, ROOT
+from util import MODEL_NAMES, MODELS, ROOT, perturb
 
 from ember import api
 from ember.ir.graph import Graph
@@ -256,22 +256,6 @@ def make_inputs(model: str, rng: np.random.Generator, b: int, t: int,
              "lstm": (b, t, 8)}[model]
     return {x_name: rng.standard_normal(shape).astype(dtype),
             y_name: rng.integers(0, classes, (b,)).astype(np.int32)}
-
-
-def perturb(params: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-    """Replace constant-initialized parameters (zero biases, unit norm weights, zero
-    running means) by random values so each is actually exercised; running
-    variances stay positive."""
-    rng = np.random.default_rng(seed + 1000)
-    out = {}
-    for name in sorted(params):
-        v = params[name]
-        if name.endswith("running_var"):
-            v = rng.uniform(0.5, 2.0, v.shape)
-        elif v.size and np.all(v == v.flat[0]):
-            v = v + 0.2 * rng.standard_normal(v.shape)
-        out[name] = v.astype(params[name].dtype)
-    return out
 
 
 def torch_model(model: str, params: dict[str, np.ndarray], train: bool = False) -> nn.Module:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from util import MODEL_NAMES, MODELS, ROOT  # tests/util.py
+from util import MODEL_NAMES, MODELS, ROOT, perturb  # tests/util.py
 
 pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -67,19 +67,7 @@ def graph(model: str, entry: str, train: bool = False, float64: bool = False) ->
 
 
 def perturbed_params(g: Graph, seed: int) -> dict[str, np.ndarray]:
-    """Initialized parameters with the constant ones (zero biases, unit norm weights,
-    zero running means) made random, so each is exercised; variances stay positive."""
-    params = api.init_params(g, seed)
-    rng = np.random.default_rng(seed + 1000)
-    out = {}
-    for name in sorted(params):
-        v = params[name]
-        if name.endswith("running_var"):
-            v = rng.uniform(0.5, 2.0, v.shape)
-        elif v.size and np.all(v == v.flat[0]):
-            v = v + 0.2 * rng.standard_normal(v.shape)
-        out[name] = v.astype(params[name].dtype)
-    return out
+    return perturb(api.init_params(g, seed), seed)
 
 
 def run_triton(g: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray],

@@ -27,3 +27,19 @@ def run_src(src: str, inputs: dict[str, np.ndarray], params: dict[str, np.ndarra
     """Compile `src` (float64 by default) and run it on the oracle."""
     g = compile_src(src, entry, **kw)
     return list(api.run(g, inputs, params or {}, seed).values())
+
+
+def perturb(params: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Replace constant-initialized parameters (zero biases, unit norm weights, zero
+    running means) by random values so each is actually exercised; running
+    variances stay positive."""
+    rng = np.random.default_rng(seed + 1000)
+    out = {}
+    for name in sorted(params):
+        v = params[name]
+        if name.endswith("running_var"):
+            v = rng.uniform(0.5, 2.0, v.shape)
+        elif v.size and np.all(v == v.flat[0]):
+            v = v + 0.2 * rng.standard_normal(v.shape)
+        out[name] = v.astype(params[name].dtype)
+    return out
