@@ -247,12 +247,30 @@ def split(em: Any, loc: Loc, x: Any, parts: int, axis: int = -1) -> tuple[Tensor
     return tuple(_slice_axis(em, x, ax, k * step, (k + 1) * step, loc) for k in range(parts))
 
 
-def _slice_axis(em: Any, x: Tensor, axis: int, start: int, stop: int, loc: Loc) -> Tensor:
+def _slice_axis(em: Any, x: Tensor, axis: int, start: int, stop: int, loc: Loc,
+                step: int = 1) -> Tensor:
     shape = em.type(x).shape
     starts = tuple(start if i == axis else 0 for i in range(len(shape)))
     stops = tuple(stop if i == axis else d for i, d in enumerate(shape))
-    return em.add(Op.SLICE, (x,), {"starts": starts, "stops": stops,
-                                   "steps": (1,) * len(shape)}, loc)
+    steps = tuple(step if i == axis else 1 for i in range(len(shape)))
+    return em.add(Op.SLICE, (x,), {"starts": starts, "stops": stops, "steps": steps}, loc)
+
+
+@builtin
+def slice_(em: Any, loc: Loc, x: Any, start: int, stop: int, step: int = 1,
+           axis: int = -1) -> Tensor:
+    """x[start:stop:step] along one axis (like torch.narrow with a step)."""
+    x = _t(em, x, loc)
+    shape = em.type(x).shape
+    ax = normalize_axes((_int(axis, "axis", loc),), len(shape))[0]
+    size = shape[ax]
+    if not isinstance(size, int):
+        raise DSLError(f"slice: axis {ax} has the symbolic size {size}; only ':' indexing "
+                       f"can take all of it", loc)
+    if _int(step, "step", loc) < 1:
+        raise DSLError(f"slice steps must be positive, found {step}", loc)
+    lo, hi, _ = slice(_int(start, "start", loc), _int(stop, "stop", loc)).indices(size)
+    return _slice_axis(em, x, ax, lo, max(lo, hi), loc, step)
 
 
 @builtin

@@ -316,6 +316,8 @@ MOVEMENT_CASES = [
          a=normal(2, 3, 4), b=normal(2, 1, 4)),
     case("concat(a)", lambda a: torch.cat([a]), a=normal(3)),
     case("split(x, 3, axis=1)", lambda x: torch.chunk(x, 3, dim=1), x=normal(2, 6, 5)),
+    case("slice(x, 1, 4, axis=1)", lambda x: x[:, 1:4], x=normal(2, 6, 5)),
+    case("slice(x, -3, 7, step=2)", lambda x: x[..., -3:7:2], x=normal(2, 7)),
     case("split(x, 5)", lambda x: torch.chunk(x, 5, dim=-1), x=normal(2, 3, 5)),
     case("split(x, 1, axis=0)", lambda x: torch.chunk(x, 1, dim=0), x=normal(3, 2)),
     case("flatten(x)", lambda x: torch.flatten(x, 1), x=normal(2, 3, 5)),

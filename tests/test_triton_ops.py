@@ -405,6 +405,7 @@ MOVEMENT_CASES = [
     case("concat(a)", a=normal(7)),
     case("split(x, 3, axis=1)", x=normal(2, 9, 5)),
     case("split(x, 5)", x=normal(2, 3, 5)),
+    case("slice(x, 1, 129, step=3, axis=0)", x=normal(129, 7)),
     case("split(relu(x), 3, axis=0)", x=normal(129, 2)),
     case("x[ids]", x=normal(7, 33), ids=ints(7, 5)),
     case("x[ids]", x=normal(7, 2, 3), ids=ints(7, 2, 4)),
