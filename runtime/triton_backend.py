@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -106,20 +107,39 @@ class TritonProgram:
     def module(self) -> Module:
         return emit_triton(self.graph, fused=self.fused, precision=self.precision)
 
-    def __call__(self, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
-                 seed: int = 0, dims: Mapping[str, int] | None = None,
-                 pool: Pool | None = None) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: Mapping[str, Any], params: Mapping[str, Any], seed: int = 0,
+                 dims: Mapping[str, int] | None = None, pool: Pool | None = None
+                 ) -> dict[str, Any]:
+        """Run on NumPy arrays or torch tensors; outputs come back as torch
+        tensors (on the device) if the inputs were tensors, else as arrays."""
         import torch
         env = dict(dims or {})
         for i in self.graph.inputs:
             n = self.graph.nodes[i]
-            bind_input(n, inputs[n.attrs["name"]], env)
+            bind_input(n, _shape_only(inputs[n.attrs["name"]]), env)
         dev = device()
-        t_in = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
-        t_par = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in params.items()}
+        t_in = {k: _on(v, dev) for k, v in inputs.items()}
+        t_par = {k: _on(v, dev) for k, v in params.items()}
+        as_torch = any(isinstance(v, torch.Tensor) for v in inputs.values())
         unbound = sorted(set(self.symbols) - set(env))
         if unbound:
             raise DSLError(f"dimension {unbound[0]} is not bound by the inputs; pass --dims "
                            f"{unbound[0]}=N")
         outs = self.py.launch(t_in, t_par, env, seed, pool or Pool(dev))
-        return {k: v.cpu().numpy() for k, v in outs.items()}
+        return outs if as_torch else {k: v.cpu().numpy() for k, v in outs.items()}
+
+
+def _on(v: Any, dev: str) -> Any:
+    """A contiguous torch tensor on the device, from an array or a tensor."""
+    import torch
+    t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+    return t.to(dev).contiguous()
+
+
+def _shape_only(v: Any) -> np.ndarray:
+    """A zero-copy NumPy stand-in with v's shape and dtype, for binding dims."""
+    if isinstance(v, np.ndarray):
+        return v
+    import torch
+    dtype = torch.empty((), dtype=v.dtype).numpy().dtype
+    return np.broadcast_to(np.zeros((), dtype), tuple(v.shape))
