@@ -22,8 +22,12 @@ demo: $(STAMP)
 	mkdir -p out
 	$(VENV)/bin/ember compile models/transformer.ember --emit opt --dims B=2,T=8 > out/transformer.ir
 	@echo "optimized IR: out/transformer.ir ($$(wc -l < out/transformer.ir) lines)"
-	$(VENV)/bin/ember run models/transformer.ember --dims B=2,T=8 --save-params out/gpt.safetensors -o out/gpt.npz
-	$(VENV)/bin/ember run models/lstm.ember --entry loss --dims B=4,T=6 -o out/lstm_loss.npz
+	$(VENV)/bin/ember compile models/transformer.ember --emit kernels
+	$(VENV)/bin/ember compile models/transformer.ember --emit triton -o out/kernels
+	$(VENV)/bin/ember run models/transformer.ember --dims B=2,T=8 --backend triton --check \
+		--save-params out/gpt.safetensors -o out/gpt.npz
+	$(VENV)/bin/ember run models/lstm.ember --entry loss --dims B=4,T=6 --backend triton --check
+	$(VENV)/bin/ember compile models/lenet.ember --target sm_90 --dims B=8
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
