@@ -313,7 +313,8 @@ def _name_kernels(plan: Plan) -> None:
             ops = ["attention"] + ops[ops.index("div") + 2:] if "div" in ops else ["attention"]
         elif kern.kind == "gates":
             ops = ["gates"] + ops
-        kern.name = "_".join(ops[:4])
+        # at most four ops: the first three and the last (often the activation)
+        kern.name = "_".join(ops if len(ops) <= 4 else ops[:3] + ops[-1:])
 
 
 GATE_OPS = {"matmul", "add", "slice"}

@@ -138,8 +138,8 @@ def _on(v: Any, dev: str) -> Any:
 
 def _shape_only(v: Any) -> np.ndarray:
     """A zero-copy NumPy stand-in with v's shape and dtype, for binding dims."""
-    if isinstance(v, np.ndarray):
-        return v
     import torch
+    if not isinstance(v, torch.Tensor):
+        return np.asarray(v)
     dtype = torch.empty((), dtype=v.dtype).numpy().dtype
     return np.broadcast_to(np.zeros((), dtype), tuple(v.shape))
