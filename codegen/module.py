@@ -113,8 +113,9 @@ def _write_kernel(plan: Plan, kern: Kernel, names: dict[int, str], counters: dic
     text = "\n".join(w.lines)
     dim_args = [s for s in sorted(state.symbols) if re.search(rf"\b{re.escape(s)}\b", text)]
     args = list(w.pointers) + list(w.extras) + dim_args + list(w.scalars)
-    params = ", ".join(args + [f"{c}: tl.constexpr" for c in launch.constexprs])
-    source = f"{_kernel_comment(plan, kern, name)}\n@triton.jit\ndef {name}({params}):\n{text}\n"
+    params = args + [f"{c}: tl.constexpr" for c in launch.constexprs]
+    signature = wrap_call(f"def {name}(", params, "):", "")
+    source = f"{_kernel_comment(plan, kern, name)}\n@triton.jit\n{signature}\n{text}\n"
     code = KernelCode(name, kern, plan, source, dict(w.pointers), dim_args, dict(w.scalars),
                       launch, dict(w.extras))
     state.kernels.append(code)
@@ -202,9 +203,25 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
         code.scalars.values()) + [f"{c}={c}" for c in consts]
     if code.launch.num_warps != "4":
         args.append(f"num_warps={code.launch.num_warps}")
-    lines.append(f"{pad}{code.name}[({grid})]({', '.join(args)})")
+    lines.append(wrap_call(f"{pad}{code.name}[({grid})](", args, ")", pad))
     reads = {names[i] for i in code.pointers.values()} - {names[o] for o in kern.outputs}
     return lines, reads, {names[o] for o in kern.outputs}
+
+
+def wrap_call(head: str, args: list[str], tail: str, pad: str, width: int = 100) -> str:
+    """`head` + args + `tail` on one line if it fits, else args packed onto
+    continuation lines indented under the call, as a person would write it."""
+    one = head + ", ".join(args) + tail
+    if len(one) <= width:
+        return one
+    lines, line = [], head
+    for k, a in enumerate(args):
+        piece = a + (", " if k < len(args) - 1 else tail)
+        if len(line) + len(piece.rstrip()) > width and line.strip():
+            lines.append(line.rstrip())
+            line = pad + "        "
+        line += piece
+    return "\n".join(lines + [line])
 
 
 def _dim_py(d: dims.Dim) -> str:
