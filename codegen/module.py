@@ -242,8 +242,11 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
     lines = [f"{pad}# loop %{node}: {n.attrs['n_carry']} carried values, "
              f"{len(n.srcs) - n.attrs['n_carry']} captured"]
     for bi, src in zip(body.inputs[1:], n.srcs):
+        if src in counters:  # an outer loop's counter: a scalar, not a buffer
+            inner_counters[bi] = counters[src]
+            continue
         inner[bi] = lp + sanitize(body.nodes[bi].attrs["name"])
-        lines.append(f"{pad}{inner[bi]} = {names.get(src) or counters[src]}")
+        lines.append(f"{pad}{inner[bi]} = {names[src]}")
     lines += _bind_params(body, inner, pad)
     lines.append(f"{pad}for {step_var} in range({_dim_py(n.attrs['length'])}):")
     body_steps = _plan_steps(body_plan, inner, inner_counters, state, pad + "    ", lp)

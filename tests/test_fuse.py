@@ -8,6 +8,7 @@ import pytest
 import torch
 from util import compile_src
 
+from ember import api
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, can_join, fuse
 from ember.runtime.triton_backend import TritonProgram
@@ -90,3 +91,20 @@ def test_triton_program_takes_arrays_or_tensors(as_torch: bool) -> None:
     out = TritonProgram(g)({"x": torch.from_numpy(x) if as_torch else x}, {})["forward"]
     assert isinstance(out, torch.Tensor if as_torch else np.ndarray)
     np.testing.assert_array_equal(np.asarray(out), np.maximum(x, 0))
+
+
+def test_nested_loops_read_the_outer_counter_as_a_scalar() -> None:
+    src = """model M {
+  def forward(x: f32[B, S, T, 4]) -> f32[B, 4] {
+    let acc = zeros(B, 4)
+    for s in range(S) {
+      for t in range(T) { acc = acc + dropout(x[:, s, t, :], p=0.3) * to_float(s + 1) }
+    }
+    return acc
+  }
+}"""
+    g = compile_src(src, float64=False, train=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 4)).astype(np.float32)
+    got = TritonProgram(g)({"x": x}, {}, seed=7)["forward"]
+    want = api.run(g, {"x": x}, {}, seed=7)["forward"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
