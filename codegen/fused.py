@@ -42,7 +42,7 @@ def attention(w: KernelWriter) -> Launch:
     rm, rd, rdk = Ix("rm", frozenset("m")), Ix("rd", frozenset("d")), Ix("rdk", frozenset({"dk"}))
     rq = Ix("rq", frozenset("q"))
     qt = operand(w, q, ix.broadcast_index(bidx + (rm, rq), batch + (T, DK), w.shape(q)),
-                 {"m", "q"}, "(BLOCK_M, BLOCK_DK)")
+                 {"m", "q"})
     f = "tl.float64" if w.dtype(o).value == "f64" else "tl.float32"
     w.line(f"m_i = tl.full((BLOCK_M, 1), -float(\"inf\"), dtype={f})")
     w.line(f"l_i = tl.zeros((BLOCK_M, 1), dtype={f})")
@@ -58,7 +58,7 @@ def attention(w: KernelWriter) -> Launch:
     w.axes(n=("rn", f"(rn < {TKt})"), nk=("rnk", f"(rnk < {TKt})"))
     rn, rnk = Ix("rn", frozenset("n")), Ix("rnk", frozenset({"nk"}))
     kt_tile = operand(w, kt, ix.broadcast_index(bidx + (rdk, rn), batch + (DK, TK), w.shape(kt)),
-                      {"dk", "n"}, "(BLOCK_DK, BLOCK_N)")
+                      {"dk", "n"})
     w.line(f"qk = tl.dot({qt.text}, {kt_tile.text}{dot_precision(w, s)})", s)
     w.remember(s, bidx + (rm, rn), Ix("qk", frozenset({"m", "n"})))
     x = w.value(x_node, bidx + (rm, rn))
@@ -69,7 +69,7 @@ def attention(w: KernelWriter) -> Launch:
     w.line("alpha = tl.exp(m_i - m_safe)")
     w.line("l_i = l_i * alpha + tl.sum(p, axis=1, keep_dims=True)", p)  # softmax's sum
     vt = operand(w, v, ix.broadcast_index(bidx + (rnk, rd), batch + (TK, D), w.shape(v)),
-                 {"nk", "d"}, "(BLOCK_N, BLOCK_D)")
+                 {"nk", "d"})
     w.line(f"acc = acc * alpha + tl.dot(p.to({vt.text}.dtype), {vt.text}"
            f"{dot_precision(w, o)})", o)
     w.line("m_i = m_new")
@@ -111,18 +111,18 @@ def gates(w: KernelWriter) -> Launch:
         w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
         w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
         w.axes(ka=("ka", f"(ka < {K})"), kb=("kb", f"(kb < {K})"))
-        at = operand(w, a, (rm, Ix("ka", frozenset({"ka"}))), {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
+        at = operand(w, a, (rm, Ix("ka", frozenset({"ka"}))), {"m", "ka"})
         for g, acc in enumerate(accs):
             col = ix.add(Ix(str(g * width)), rn)
-            bt = operand(w, b, (Ix("kb", frozenset({"kb"})), col), {"kb", "n"},
-                         "(BLOCK_K, BLOCK_N)")
+            bt = operand(w, b, (Ix("kb", frozenset({"kb"})), col), {"kb", "n"})
             w.line(f"{acc} = tl.dot({at.text}, {bt.text}, {acc}{dot_precision(w, m)})", m)
         w.pop()
     lane = rn if width != 1 else ix.ZERO  # how reads of a width-1 slice spell its index
     for g, acc in enumerate(accs):
         w.remember(total, (rm, ix.add(Ix(str(g * width)), lane)), Ix(acc, frozenset({"m", "n"})))
     store_outputs(w, {i: (rm, rn) for i in w.kernel.outputs})
-    Kmax = max((w.shape(w.g.nodes[m].srcs[0])[-1] for m in k.info["matmuls"]), key=str)
+    ks = [dim_text(w.shape(w.g.nodes[m].srcs[0])[-1]) for m in k.info["matmuls"]]
+    kmax = ks[0] if len(ks) == 1 else f"max({', '.join(ks)})"
     return Launch([f"triton.cdiv({Mt}, BLOCK_M)", f"triton.cdiv({width}, BLOCK_N)"],
                   {"BLOCK_M": f"blocks.gate_tile({Mt})", "BLOCK_N": f"blocks.gate_tile({width})",
-                   "BLOCK_K": f"blocks.tile_k({dim_text(Kmax)})"})
+                   "BLOCK_K": f"blocks.tile_k({kmax})"})

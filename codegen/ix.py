@@ -28,10 +28,18 @@ class Ix:
 ZERO = Ix("0")
 
 
+def dim_name(sym: str) -> str:
+    """The variable holding a symbolic dim in generated code. Dims are usually
+    capitalized (B, T, D); anything else, or a name of the BLOCK family, gets a
+    prefix so it cannot collide with a kernel's or the launcher's own locals."""
+    clash = sym.startswith(("BLOCK", "XBLOCK", "RBLOCK")) or not sym.isupper()
+    return f"dim_{sym}" if clash else sym
+
+
 def dim_text(d: Dim) -> str:
     """A dim as a kernel expression: an int literal or a product of dim args."""
     coef, syms = dims.factors(d)
-    parts = ([str(coef)] if coef != 1 or not syms else []) + list(syms)
+    parts = ([str(coef)] if coef != 1 or not syms else []) + [dim_name(s) for s in syms]
     return " * ".join(parts)
 
 

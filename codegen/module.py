@@ -20,6 +20,7 @@ from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
 from .fused import attention, gates
+from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
 from .templates import Launch, matmul, pointwise, reduce
 from .windows import conv, pool
@@ -111,7 +112,8 @@ def _write_kernel(plan: Plan, kern: Kernel, names: dict[int, str], counters: dic
     w = KernelWriter(plan, kern, names, state.precision, counters=counters)
     launch = TEMPLATES[kern.kind](w)
     text = "\n".join(w.lines)
-    dim_args = [s for s in sorted(state.symbols) if re.search(rf"\b{re.escape(s)}\b", text)]
+    dim_args = [dim_name(s) for s in sorted(state.symbols)
+                if re.search(rf"\b{re.escape(dim_name(s))}\b", text)]
     args = list(w.pointers) + list(w.extras) + dim_args + list(w.scalars)
     params = args + [f"{c}: tl.constexpr" for c in launch.constexprs]
     signature = wrap_call(f"def {name}(", params, "):", "")
@@ -138,10 +140,10 @@ def _launcher(plan: Plan, state: _State) -> str:
     g = plan.graph
     lines = ['def launch(inputs, params, dims, seed, pool):',
              f'    """Run {g.name}: returns its outputs by name."""']
-    lines += [f'    {s} = dims["{s}"]' for s in sorted(state.symbols)]
+    lines += [f'    {dim_name(s)} = dims["{s}"]' for s in sorted(state.symbols)]
     names: dict[int, str] = {}
     for i in g.inputs:
-        names[i] = sanitize(g.nodes[i].attrs["name"])
+        names[i] = unique(sanitize(g.nodes[i].attrs["name"]), names)
         lines.append(f'    {names[i]} = inputs["{g.nodes[i].attrs["name"]}"]')
     lines += _bind_params(g, names, "    ")
     steps = _plan_steps(plan, names, {}, state, "    ", "")
@@ -151,11 +153,27 @@ def _launcher(plan: Plan, state: _State) -> str:
     return "\n".join(lines)
 
 
+LAUNCHER_LOCALS = frozenset({"inputs", "params", "dims", "seed", "pool", "torch", "triton",
+                             "tl", "blocks", "stream_seed", "launch"})
+
+
+def unique(name: str, names: dict[int, str]) -> str:
+    """A launcher variable no other value, generated name or local uses: inputs
+    and parameters keep their names unless two sanitize alike (`a.w`, `a_w`),
+    or one looks like an intermediate (`v12`) or a loop's (`l3_...`)."""
+    taken = set(names.values())
+    generated = re.fullmatch(r"v\d+|l\d+_.*|BLOCK\w*|[XR]BLOCK", name) is not None
+    base, k = name, 1
+    while name in taken or name in LAUNCHER_LOCALS or generated or name.isupper():
+        name, k, generated = f"{base}_{k}", k + 1, False
+    return name
+
+
 def _bind_params(g: Graph, names: dict[int, str], pad: str) -> list[str]:
     lines = []
     for i, n in enumerate(g.nodes):
         if n.op is Op.PARAM:
-            names[i] = sanitize(n.attrs["name"])
+            names[i] = unique(sanitize(n.attrs["name"]), names)
             lines.append(f'{pad}{names[i]} = params["{n.attrs["name"]}"]')
     return lines
 
@@ -193,7 +211,7 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)
                for o in kern.outputs] + list(code.extras.values())
     for var, shape, dtype in buffers:
-        dims_text = ", ".join(_dim_py(d) for d in shape) + ("," if len(shape) == 1 else "")
+        dims_text = ", ".join(dim_text(d) for d in shape) + ("," if len(shape) == 1 else "")
         lines.append(f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
     consts = code.launch.constexprs
     lines.append(f"{pad}{', '.join(consts)} = {', '.join(consts.values())}")
@@ -224,11 +242,6 @@ def wrap_call(head: str, args: list[str], tail: str, pad: str, width: int = 100)
     return "\n".join(lines + [line])
 
 
-def _dim_py(d: dims.Dim) -> str:
-    coef, syms = dims.factors(d)
-    return " * ".join(([str(coef)] if coef != 1 or not syms else []) + list(syms))
-
-
 def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int, str],
                state: _State, pad: str, prefix: str) -> Step:
     g = plan.graph
@@ -241,19 +254,26 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
     inner_counters = {**counters, body.inputs[0]: step_var}
     lines = [f"{pad}# loop %{node}: {n.attrs['n_carry']} carried values, "
              f"{len(n.srcs) - n.attrs['n_carry']} captured"]
-    for bi, src in zip(body.inputs[1:], n.srcs):
+    n_carry = n.attrs["n_carry"]
+    for k, (bi, src) in enumerate(zip(body.inputs[1:], n.srcs)):
         if src in counters:  # an outer loop's counter: a scalar, not a buffer
             inner_counters[bi] = counters[src]
             continue
         inner[bi] = lp + sanitize(body.nodes[bi].attrs["name"])
-        lines.append(f"{pad}{inner[bi]} = {names[src]}")
+        # carried state gets buffers of its own, so freeing or reusing the
+        # initial values' buffers after the loop cannot touch it
+        own = ".clone()" if k < n_carry else ""
+        lines.append(f"{pad}{inner[bi]} = {names[src]}{own}")
     lines += _bind_params(body, inner, pad)
-    lines.append(f"{pad}for {step_var} in range({_dim_py(n.attrs['length'])}):")
+    lines.append(f"{pad}for {step_var} in range({dim_text(n.attrs['length'])}):")
     body_steps = _plan_steps(body_plan, inner, inner_counters, state, pad + "    ", lp)
-    carries = [inner[b] for b in body.inputs[1:1 + n.attrs["n_carry"]]]
-    outs = [inner[o] for o in body.outputs]
+    carries = [inner[b] for b in body.inputs[1:1 + n_carry]]
+    captured = {inner[b] for b in body.inputs[1 + n_carry:] if b in inner}
+    outs = [inner[o] + (".clone()" if inner[o] in captured else "") for o in body.outputs]
     lines += _with_frees(body_steps, set(outs) | set(carries), pad + "    ")
     if carries:
+        # last step's state is dead once no new value is it (a swap keeps both)
+        lines += [f"{pad}    pool.free({c})" for c in carries if c not in outs]
         lines.append(f"{pad}    {', '.join(carries)} = {', '.join(outs)}")
     for get, m in enumerate(g.nodes):
         if m.op is Op.GET and m.srcs[0] == node:

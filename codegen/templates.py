@@ -180,8 +180,8 @@ def matmul(w: KernelWriter) -> Launch:
     w.axes(ka=("ka", f"(ka < {dim_text(K)})"), kb=("kb", f"(kb < {dim_text(K)})"))
     tile_a = ix.broadcast_index(bidx + (mi, Ix("ka", frozenset({"ka"}))), batch + (M, K), sa)
     tile_b = ix.broadcast_index(bidx + (Ix("kb", frozenset({"kb"})), rn), batch + (K, N), sb)
-    va = operand(w, a, tile_a, {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
-    vb = operand(w, b, tile_b, {"kb", "n"}, "(BLOCK_K, BLOCK_N)")
+    va = operand(w, a, tile_a, {"m", "ka"})
+    vb = operand(w, b, tile_b, {"kb", "n"})
     w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, m)})", m)
     w.pop()
     out_idx = bidx + (mi, rn)
@@ -197,8 +197,8 @@ def dot_precision(w: KernelWriter, m: int) -> str:
     return f', input_precision="{w.precision}"' if w.dtype(m).value == "f32" else ""
 
 
-def operand(w: KernelWriter, i: int, idx: tuple[Ix, ...], axes: set[str], tile: str) -> Ix:
-    """A dot operand tile: zero where masked, broadcast to the full tile."""
+def operand(w: KernelWriter, i: int, idx: tuple[Ix, ...], axes: set[str]) -> Ix:
+    """A dot operand tile: the value of node i over the tile, zero on padding."""
     v = w.value(i, idx)
     if v.text in w.loads and v.axes == frozenset(axes):
         return v  # a masked load of the whole tile is zero outside it already

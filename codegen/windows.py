@@ -52,11 +52,11 @@ def conv(w: KernelWriter) -> Launch:
     if ph or pw:  # without padding every tap of a valid output lies inside
         w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
         w.extra_mask = "inside"
-    va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"}, "(BLOCK_M, BLOCK_K)")
+    va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"})
     w.extra_mask = ""
     cb, khb, kwb = _name_index(w, ix.delinear(Ix("kb", frozenset({"kb"})), (CG, KH, KW)),
                                ["cb", "khb", "kwb"])
-    vb = operand(w, wt, (oc, cb, khb, kwb), {"kb", "n"}, "(BLOCK_K, BLOCK_N)")
+    vb = operand(w, wt, (oc, cb, khb, kwb), {"kb", "n"})
     w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, c)})", c)
     w.pop()
     out_idx = (bn, oc, oh, ow)

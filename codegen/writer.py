@@ -11,6 +11,7 @@ window) whose values must not leak out.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,24 @@ def sanitize(name: str) -> str:
     return IDENT.sub("_", name)
 
 
+def float_literal(v: float) -> str:
+    """A float as kernel source: repr, except inf and nan, which have none."""
+    if math.isnan(v):
+        return 'float("nan")'
+    if math.isinf(v):
+        return 'float("inf")' if v > 0 else '-float("inf")'
+    return repr(v)
+
+
+# Locals the kernel templates assign themselves; loads and values never take them.
+RESERVED = frozenset({
+    "pid", "pid_m", "pid_n", "pid_b", "offs", "mask", "rows", "xmask", "r", "rmask", "rm",
+    "rn", "rq", "rd", "rdk", "rnk", "ka", "kb", "k0", "acc", "acc0", "acc1", "acc2", "acc3",
+    "m_i", "l_i", "m_new", "m_safe", "m_fin", "l_safe", "alpha", "p", "x", "qk", "out", "hi",
+    "start", "inside", "ih", "iw", "oh", "ow", "batch", "ch", "group", "oc", "ca", "cb", "kha",
+    "kwa", "khb", "kwb", "i", "j", "tl", "triton"})
+
+
 @dataclass
 class KernelWriter:
     plan: Plan
@@ -49,6 +68,7 @@ class KernelWriter:
     counters: dict[int, str] = field(default_factory=dict)   # loop counter -> launcher var
     extras: dict[str, tuple[str, Shape, DType]] = field(default_factory=dict)
     axis_vars: dict[str, str] = field(default_factory=dict)   # tile axis -> its index var
+    used: set[str] = field(default_factory=set)               # locals handed out by fresh
 
     @property
     def g(self) -> Graph:
@@ -62,16 +82,20 @@ class KernelWriter:
             where = f" @ {n.loc.file.rsplit('/', 1)[-1]}:{n.loc.line}" if n.loc.line else ""
             comment = f"  # {n.op.value}{where}"
         self.lines.append("    " * self.depth + text + comment)
+        target = text.split(" = ", 1)[0] if " = " in text else ""
+        if target.isidentifier():
+            self.used.add(target)
 
     def let(self, name: str, expr: str, axes: frozenset[str], node: int | None = None) -> Ix:
         self.line(f"{name} = {expr}", node)
         return Ix(name, axes)
 
     def fresh(self, base: str) -> str:
-        used = {ln.split("=")[0].strip() for ln in self.lines if "=" in ln}
+        """A new local name: never one the templates use for their own locals."""
         name, k = base, 1
-        while name in used:
+        while name in self.used or name in RESERVED:
             name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
         return name
 
     def push(self) -> None:
@@ -187,11 +211,12 @@ class KernelWriter:
         self.line(f"tl.store({addr}, {v.text}" + (f", mask={mask})" if mask else ")"))
 
     def constant(self, value: Any, dtype: DType) -> Ix:
-        if dtype is DType.F64:
-            return Ix(f"tl.full([], {value!r}, tl.float64)")
         if dtype is DType.BOOL:
             return Ix("1" if value else "0")
-        return Ix(repr(float(value)) if dtype.is_float else str(int(value)))
+        if not dtype.is_float:
+            return Ix(str(int(value)))
+        text = float_literal(float(value))
+        return Ix(f"tl.full([], {text}, tl.float64)" if dtype is DType.F64 else text)
 
 
 def _const_pow(x: str, p: float) -> str:

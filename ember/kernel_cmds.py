@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.codegen import aot, blocks
+from ember.codegen.ix import dim_name
 from ember.codegen.module import KernelCode, Module, emit_triton
 from ember.codegen.report import describe, report
 from ember.ir.graph import Graph
@@ -63,7 +64,8 @@ def launch_constants(code: KernelCode, env: dict[str, int]) -> dict[str, int]:
 def _launch_value(expr: str, env: dict[str, int]) -> int:
     """Evaluate a launcher expression (our own generated text) at these dims."""
     try:
-        return int(eval(expr, {"blocks": blocks, **env}))
+        scope = {dim_name(k): v for k, v in env.items()}
+        return int(eval(expr, {"blocks": blocks, **scope}))
     except NameError as e:
         raise DSLError(f"compiling for a GPU needs every dimension bound: {e}; pass --dims") \
             from None

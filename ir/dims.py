@@ -59,10 +59,6 @@ def div(a: Dim, b: Dim) -> Dim | None:
     return make(ca // cb, tuple(rest.elements()))
 
 
-def is_static(d: Dim) -> bool:
-    return isinstance(d, int)
-
-
 def symbols(shape: Shape) -> set[str]:
     return {s for d in shape for s in factors(d)[1]}
 

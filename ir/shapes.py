@@ -107,6 +107,8 @@ def _reduce(ins: list[TensorType], attrs: dict[str, Any], op: Op) -> TensorType:
                          f"(use to_float to count true elements)")
     if op is Op.ARGMAX and len(axes) != 1:
         raise ShapeError(f"argmax reduces exactly one axis, found axes {axes}")
+    if op in (Op.MAX, Op.MIN, Op.ARGMAX) and any(x.shape[a] == 0 for a in axes):
+        raise ShapeError(f"{op.value} of an empty axis has no value ({x})")
     if attrs["keepdims"]:
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     else:

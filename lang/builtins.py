@@ -62,11 +62,14 @@ def _int(v: Any, what: str, loc: Loc) -> int:
     return v
 
 
-def _pair(v: Any, what: str, loc: Loc) -> tuple[int, int]:
-    if isinstance(v, tuple) and len(v) == 2:
-        return _int(v[0], what, loc), _int(v[1], what, loc)
-    n = _int(v, what, loc)
-    return n, n
+def _pair(v: Any, what: str, loc: Loc, least: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, each at least `least` (1 for sizes, strides
+    and dilations; 0 for padding)."""
+    pair = (v[0], v[1]) if isinstance(v, tuple) and len(v) == 2 else (v, v)
+    out = tuple(_int(p, what, loc) for p in pair)
+    if min(out) < least:
+        raise DSLError(f"{what} must be at least {least}, found {v}", loc)
+    return out  # type: ignore[return-value]
 
 
 def _axes(em: Any, x: Tensor, axis: Any, loc: Loc) -> tuple[int, ...]:
@@ -80,14 +83,16 @@ def _axes(em: Any, x: Tensor, axis: Any, loc: Loc) -> tuple[int, ...]:
     return axes
 
 
-def _shape_args(shape: tuple[Any, ...], loc: Loc) -> tuple[Dim, ...]:
+def _shape_args(shape: tuple[Any, ...], loc: Loc, allow: int = 0) -> tuple[Dim, ...]:
+    """Dims from builtin arguments; ints must be >= `allow` (-1 for reshape)."""
     if len(shape) == 1 and isinstance(shape[0], tuple):
         shape = shape[0]
     out = []
     for d in shape:
         v = as_dim(d)
-        if v is None:
-            raise DSLError(f"shape entries must be ints or dimensions, found {describe(d)}", loc)
+        if v is None or (isinstance(v, int) and v < allow):
+            raise DSLError(f"shape entries must be non-negative ints or dimensions, found "
+                           f"{describe(d)}", loc)
         out.append(v)
     return tuple(out)
 
@@ -180,7 +185,7 @@ def _reduce(em: Any, op: Op, x: Tensor, axes: tuple[int, ...], loc: Loc) -> Tens
 @builtin
 def reshape(em: Any, loc: Loc, x: Any, *shape: Any) -> Tensor:
     x = _t(em, x, loc)
-    target = _resolve_minus_one(em.type(x).shape, _shape_args(shape, loc), loc)
+    target = _resolve_minus_one(em.type(x).shape, _shape_args(shape, loc, allow=-1), loc)
     return em.add(Op.RESHAPE, (x,), {"shape": target}, loc)
 
 
@@ -425,7 +430,8 @@ def dropout(em: Any, loc: Loc, x: Any, p: float = 0.5) -> Tensor:
 @builtin
 def conv2d(em: Any, loc: Loc, x: Any, w: Any, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: int = 1) -> Tensor:
-    attrs = {"stride": _pair(stride, "stride", loc), "padding": _pair(padding, "padding", loc),
+    attrs = {"stride": _pair(stride, "stride", loc),
+             "padding": _pair(padding, "padding", loc, least=0),
              "dilation": _pair(dilation, "dilation", loc), "groups": _int(groups, "groups", loc)}
     return em.add(Op.CONV2D, (_t(em, x, loc), _t(em, w, loc)), attrs, loc)
 
@@ -435,7 +441,7 @@ def _pool_builtin(name: str, op: Op) -> None:
            padding: Any = 0) -> Tensor:
         k = _pair(kernel, "kernel", loc)
         attrs = {"kernel": k, "stride": k if stride is None else _pair(stride, "stride", loc),
-                 "padding": _pair(padding, "padding", loc)}
+                 "padding": _pair(padding, "padding", loc, least=0)}
         return em.add(op, (_t(em, x, loc),), attrs, loc)
     fn.__name__ = name
     builtin(fn)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder, TensorType
 from ember.ir.loc import DSLError, Loc
@@ -49,8 +51,17 @@ class Emitter:
         return self.builder.type_of(t.id)
 
     def const(self, value: float | int | bool, dtype: DType, loc: Loc) -> Tensor:
-        value = bool(value) if dtype is DType.BOOL else (
-            float(value) if dtype.is_float else int(value))
+        try:
+            value = bool(value) if dtype is DType.BOOL else (
+                float(value) if dtype.is_float else int(value))
+        except OverflowError:
+            digits = str(value)
+            shown = f"{digits[:6]}... ({len(digits)} digits)" if len(digits) > 20 else digits
+            raise DSLError(f"the constant {shown} does not fit in {dtype}", loc) from None
+        info = np.iinfo(dtype.np) if dtype.is_int else None
+        if info is not None and not info.min <= value <= info.max:
+            raise DSLError(f"the constant {value} does not fit in {dtype} "
+                           f"[{info.min}, {info.max}]", loc)
         return self.add(Op.CONST, (), {"value": value, "dtype": dtype}, loc)
 
     @property

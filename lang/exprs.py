@@ -85,6 +85,8 @@ def binary(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
             return PY_BINOPS[op](a, b)
         except ZeroDivisionError:
             raise DSLError(f"division by zero in {a} {op} {b}", loc) from None
+        except OverflowError:
+            raise DSLError(f"{a} {op} {b} overflows a float", loc) from None
     raise DSLError(f"operator '{op}' does not apply to {describe(a)} and {describe(b)}", loc)
 
 

@@ -119,23 +119,47 @@ MASKED = -1e4
 
 
 def _is_causal(g: Graph, chain: list[int], s: int) -> bool:
-    """Is one step `where(row >= col, scores, c)` over the last two axes, with
-    the scores in the kept branch?"""
-    below = chain[1:] + [s]
-    for i, score_side in zip(chain, below):
+    """Is the score transform `where(row >= col, scores, fill)` over the last
+    two axes, followed only by positive constant scalings, with a fill that
+    still vanishes after them? Any other later op could bring masked entries
+    back, so key tiles past the diagonal could not be skipped."""
+    scale = 1.0
+    for pos, i in enumerate(chain):
         n = g.nodes[i]
-        fill = g.nodes[n.srcs[2]] if n.op is Op.WHERE else None
-        if (n.op is Op.WHERE and n.srcs[1] == score_side and fill.op is Op.CONST
-                and fill.attrs["value"] <= MASKED):
-            cond = _through_views(g, n.srcs[0])
-            c = g.nodes[cond]
-            if c.op is Op.GE and [g.nodes[_through_views(g, s)].op for s in c.srcs] == [
-                    Op.IOTA, Op.IOTA]:
-                rows, cols = (g.nodes[_through_views(g, s)] for s in c.srcs)
-                rank = len(rows.tensor.shape)
-                if rows.attrs["axis"] == rank - 2 and cols.attrs["axis"] == rank - 1:
-                    return True
+        if n.op is Op.WHERE:
+            score_side = chain[pos + 1] if pos + 1 < len(chain) else s
+            return n.srcs[1] == score_side and _causal_where(g, n, scale)
+        factor = _positive_scale(g, n)
+        if factor is None:
+            return False
+        scale *= factor
     return False
+
+
+def _causal_where(g: Graph, n: Any, scale: float) -> bool:
+    fill = g.nodes[n.srcs[2]]
+    if fill.op is not Op.CONST or fill.attrs["value"] * scale > MASKED:
+        return False
+    c = g.nodes[_through_views(g, n.srcs[0])]
+    if c.op is not Op.GE:
+        return False
+    rows, cols = (g.nodes[_through_views(g, x)] for x in c.srcs)
+    if rows.op is not Op.IOTA or cols.op is not Op.IOTA:
+        return False
+    rank = len(rows.tensor.shape)
+    return rows.attrs["axis"] == rank - 2 and cols.attrs["axis"] == rank - 1
+
+
+def _positive_scale(g: Graph, n: Any) -> float | None:
+    """The factor of `x * c`, `c * x` or `x / c` with a constant c > 0, else None."""
+    consts = [g.nodes[x].attrs["value"] for x in n.srcs if g.nodes[x].op is Op.CONST]
+    if len(consts) != 1 or consts[0] <= 0:
+        return None
+    if n.op is Op.MUL:
+        return float(consts[0])
+    if n.op is Op.DIV and g.nodes[n.srcs[1]].op is Op.CONST:
+        return 1.0 / float(consts[0])
+    return None
 
 
 def _through_views(g: Graph, i: int) -> int:

@@ -56,7 +56,7 @@ def bind_input(n: Node, value: np.ndarray, env: dict[str, int]) -> None:
         coef, syms = dims.factors(d)
         known = coef * math.prod(env[s] for s in syms if s in env)
         unbound = [s for s in syms if s not in env]
-        if len(unbound) == 1 and actual % known == 0 and actual >= known:
+        if len(unbound) == 1 and known and actual % known == 0:
             env[unbound[0]] = actual // known
         elif unbound or known != actual:
             raise DSLError(f"input '{n.attrs['name']}' expects {t}, found shape "

@@ -26,7 +26,9 @@ class Pool:
         return torch.empty(shape, dtype=dtype, device=self.device)
 
     def free(self, t: torch.Tensor) -> None:
-        self.free_list[(t.numel(), t.dtype)].append(t)
+        bucket = self.free_list[(t.numel(), t.dtype)]
+        assert all(f is not t for f in bucket), "a buffer was freed twice"
+        bucket.append(t)
 
 
 CANARY = 12345.0
