@@ -93,7 +93,8 @@ class TritonProgram:
                  cache: CodeCache | None = None):
         self.graph, self.fused, self.precision = g, fused, precision
         cache = cache or CodeCache()
-        key = cache.key(print_graph(g), f"fused={fused}", f"precision={precision}",
+        key = cache.key(print_graph(g), ",".join(g.output_names), f"fused={fused}",
+                        f"precision={precision}",
                         compiler_fingerprint())
         files = cache.get(key)
         if files is None:
