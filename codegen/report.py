@@ -29,6 +29,7 @@ def describe(mod: Module) -> str:
         g = code.plan.graph
         ops = " ".join(f"%{i}:{g.nodes[i].op.value}" for i in sorted(code.kernel.nodes))
         lines.append(f"{code.name} [{code.kernel.kind}] {ops}")
+        lines.append(f"    {_schedule(mod, code)}")
         for loc in source_lines(code):
             lines.append(f"    {loc}")
     unfused = _unfused(mod.plan)
@@ -37,6 +38,27 @@ def describe(mod: Module) -> str:
         lines.append("not fused:")
         lines += [f"    {u}" for u in unfused]
     return "\n".join(lines)
+
+
+def _schedule(mod: Module, code: KernelCode) -> str:
+    """Where and how the kernel runs: its grid, its tiles, and the loop it is in."""
+    grid = " x ".join(code.launch.grid)
+    tiles = ", ".join(f"{k}={v}" for k, v in code.launch.constexprs.items())
+    where = "".join(f"; once per step of loop %{n} (range({length}))"
+                    for n, length in _enclosing_loops(mod.plan, code.plan) or [])
+    return f"grid {grid}; {tiles}{where}"
+
+
+def _enclosing_loops(plan: Plan, target: Plan) -> list[tuple[int, dims.Dim]] | None:
+    """The loops (node, length) from plan down to the body plan `target`,
+    outermost first; None when target is not inside plan."""
+    if plan is target:
+        return []
+    for node, body in plan.loops.items():
+        inner = _enclosing_loops(body, target)
+        if inner is not None:
+            return [(node, plan.graph.nodes[node].attrs["length"]), *inner]
+    return None
 
 
 def _unfused(plan: Plan, where: str = "") -> list[str]:
@@ -66,17 +88,8 @@ def report(mod: Module, env: Mapping[str, int]) -> dict[str, Any]:
 
 def _launches(mod: Module, code: KernelCode, env: Mapping[str, int]) -> int:
     """How many times the launcher runs this kernel (loop bodies run per step)."""
-    return _count(mod.plan, code.plan, env)
-
-
-def _count(plan: Plan, target: Plan, env: Mapping[str, int]) -> int:
-    if plan is target:
-        return 1
-    for node, body in plan.loops.items():
-        inner = _count(body, target, env)
-        if inner:
-            return inner * _bind(plan.graph.nodes[node].attrs["length"], env)
-    return 0
+    loops = _enclosing_loops(mod.plan, code.plan) or []
+    return math.prod(_bind(length, env) for _, length in loops)
 
 
 def _bind(d: dims.Dim, env: Mapping[str, int]) -> int:
