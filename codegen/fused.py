@@ -62,10 +62,10 @@ def attention(w: KernelWriter) -> Launch:
     w.line(f"qk = tl.dot({qt.text}, {kt_tile.text}{dot_precision(w, s)})", s)
     w.remember(s, bidx + (rm, rn), Ix("qk", frozenset({"m", "n"})))
     x = w.value(x_node, bidx + (rm, rn))
-    w.line(f"x = tl.where((rn < {TKt}), {x.text}, -float(\"inf\"))")
-    w.line("m_new = tl.maximum(m_i, tl.max(x, axis=1, keep_dims=True))  # online softmax")
+    w.line(f"scores = tl.where((rn < {TKt}), {x.text}, -float(\"inf\"))")
+    w.line("m_new = tl.maximum(m_i, tl.max(scores, axis=1, keep_dims=True))  # online softmax")
     w.line("m_safe = tl.where(m_new == -float(\"inf\"), 0.0, m_new)  # rows with no key yet")
-    w.line("p = tl.exp(x - m_safe)")
+    w.line("p = tl.exp(scores - m_safe)")
     w.line("alpha = tl.exp(m_i - m_safe)")
     w.line("l_i = l_i * alpha + tl.sum(p, axis=1, keep_dims=True)", p)  # softmax's sum
     vt = operand(w, v, ix.broadcast_index(bidx + (rnk, rd), batch + (TK, D), w.shape(v)),

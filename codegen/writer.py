@@ -46,7 +46,7 @@ def float_literal(v: float) -> str:
 RESERVED = frozenset({
     "pid", "pid_m", "pid_n", "pid_b", "offs", "mask", "rows", "xmask", "r", "rmask", "rm",
     "rn", "rq", "rd", "rdk", "rnk", "ka", "kb", "k0", "acc", "acc0", "acc1", "acc2", "acc3",
-    "m_i", "l_i", "m_new", "m_safe", "m_fin", "l_safe", "alpha", "p", "x", "qk", "out", "hi",
+    "m_i", "l_i", "m_new", "m_safe", "m_fin", "l_safe", "alpha", "p", "scores", "qk", "out", "hi",
     "start", "inside", "ih", "iw", "oh", "ow", "batch", "ch", "group", "oc", "ca", "cb", "kha",
     "kwa", "khb", "kwb", "i", "j", "tl", "triton"})
 
