@@ -97,9 +97,13 @@ def _verdict(resources: list[aot.KernelResources] | None) -> int:
 
 
 def _table(rep: dict[str, Any]) -> str:
-    lines = [f"{'kernel':<34} {'launches':>8} {'bytes':>12} {'flops':>12}"]
+    sm90 = bool(rep["kernels"]) and "registers" in rep["kernels"][0]
+    extra = f" {'regs':>5} {'spills':>7} {'shared':>8}" if sm90 else ""
+    lines = [f"{'kernel':<34} {'launches':>8} {'bytes':>12} {'flops':>12}{extra}"]
     for k in rep["kernels"]:
-        lines.append(f"{k['name']:<34} {k['launches']:>8} {k['bytes']:>12} {k['flops']:>12}")
+        more = (f" {k['registers']:>5} {k['spills']:>7} {k['shared_bytes']:>8}" if sm90 else "")
+        lines.append(f"{k['name']:<34} {k['launches']:>8} {k['bytes']:>12} {k['flops']:>12}"
+                     f"{more}")
     t = rep["total"]
     lines.append(f"{'total (' + str(t['kernels']) + ' kernels)':<34} {t['launches']:>8} "
                  f"{t['bytes']:>12} {t['flops']:>12}")
