@@ -133,7 +133,8 @@ class TritonProgram:
 def _on(v: Any, dev: str) -> Any:
     """A contiguous torch tensor on the device, from an array or a tensor."""
     import torch
-    t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+    # (not np.ascontiguousarray: it turns a 0-d array into a 1-d one)
+    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
     return t.to(dev).contiguous()
 
 

@@ -106,3 +106,14 @@ def test_bad_constants_and_shapes_are_located_errors(body: str, message: str) ->
 def test_int_constants_must_fit_their_dtype() -> None:
     with pytest.raises(DSLError, match=r"3000000000 does not fit in i32"):
         compile_src("model M { def forward(i: i32[B]) { return i + 3000000000 } }")
+
+
+def test_scalar_inputs_and_parameters_keep_their_shape() -> None:
+    src = """model M {
+  param p: f32[] = ones
+  def forward(x: f32[]) -> (f32[], f32[]) { return x, p }
+}"""
+    g = compile_src(src, float64=False)
+    outs = TritonProgram(g)({"x": np.array(2.0, np.float32)}, {"p": np.array(3.0, np.float32)})
+    assert [v.shape for v in outs.values()] == [(), ()]
+    assert [float(v) for v in outs.values()] == [2.0, 3.0]
