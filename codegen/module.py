@@ -250,7 +250,7 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
     body = body_plan.graph
     lp = f"{prefix}l{node}_"
     inner: dict[int, str] = {}
-    step_var = lp + sanitize(body.nodes[body.inputs[0]].attrs["name"])
+    step_var = lp + unique(sanitize(body.nodes[body.inputs[0]].attrs["name"]), {})
     inner_counters = {**counters, body.inputs[0]: step_var}
     lines = [f"{pad}# loop %{node}: {n.attrs['n_carry']} carried values, "
              f"{len(n.srcs) - n.attrs['n_carry']} captured"]
@@ -259,7 +259,8 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
         if src in counters:  # an outer loop's counter: a scalar, not a buffer
             inner_counters[bi] = counters[src]
             continue
-        inner[bi] = lp + sanitize(body.nodes[bi].attrs["name"])
+        # prefixed like the body's own values (l5_v12), so checked like them
+        inner[bi] = lp + unique(sanitize(body.nodes[bi].attrs["name"]), inner)
         # carried state gets buffers of its own, so freeing or reusing the
         # initial values' buffers after the loop cannot touch it
         own = ".clone()" if k < n_carry else ""

@@ -52,6 +52,10 @@ NAMES = {
     "input named like a template local": (
         "def forward(acc: f32[B, 8], w: f32[8, 4]) { return relu(acc @ w) }",
         {"acc": (3, 8), "w": (8, 4)}, {}),
+    "loop state named like an intermediate": (
+        "def forward(x: f32[3, 4]) { let v5 = x\n for t in range(2) { "
+        "v5 = v5 - mean(v5, axis=-1, keepdims=true) + to_float(t) }\n return v5 }",
+        {"x": (3, 4)}, {}),
     "input named like an intermediate": (
         "def forward(v3: f32[B, 8], w: f32[8, 4]) { return exp(v3 @ w) + 1.0 }",
         {"v3": (3, 8), "w": (8, 4)}, {}),
