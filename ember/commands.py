@@ -74,7 +74,7 @@ def _check(args: argparse.Namespace, g: Graph, inputs: dict[str, np.ndarray],
 def _save_outputs(path: str, outs: dict[str, np.ndarray]) -> None:
     try:
         with open(path, "wb") as f:  # a file object, so np.savez adds no ".npz" to the name
-            np.savez(f, **outs)
+            np.savez(f, **outs)  # type: ignore[arg-type]  # (numpy stub: **kw as allow_pickle)
     except OSError as e:
         raise DSLError(f"cannot write outputs to '{path}': {e.strerror or e}") from None
 

@@ -242,8 +242,11 @@ def _conv2d(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         raise ShapeError(f"conv2d channels: input {x} has {x.shape[1]} channels but weight "
                          f"{w} expects {w.shape[1]} x {g} groups")
     (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
-    oh = window_out(x.shape[2], w.shape[2], sh, ph, dh)
-    ow = window_out(x.shape[3], w.shape[3], sw, pw, dw)
+    kh, kw = w.shape[2], w.shape[3]
+    if not (isinstance(kh, int) and isinstance(kw, int)):
+        raise ShapeError(f"conv2d needs a static kernel size, found {w}")
+    oh = window_out(x.shape[2], kh, sh, ph, dh)
+    ow = window_out(x.shape[3], kw, sw, pw, dw)
     return _t((x.shape[0], w.shape[0], oh, ow), dtype)
 
 
@@ -266,6 +269,8 @@ def _region(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
 
 def _get(ins: list[Type], attrs: dict[str, Any]) -> Type:
     (tup,) = ins
+    if not isinstance(tup, tuple):
+        raise ShapeError(f"get reads a region's results, found a single tensor {tup}")
     return tup[attrs["index"]]
 
 

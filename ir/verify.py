@@ -10,6 +10,8 @@ captured ones, and returns new carried values of the same types.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .dtypes import DType
 from .graph import Graph, ShapeError, TensorType
 from .ops import Op
@@ -85,6 +87,6 @@ def _check_region(g: Graph, i: int) -> None:
                           f"{_types(received)}")
 
 
-def _types(ts: list[object]) -> str:
+def _types(ts: Sequence[object]) -> str:
     return "(" + ", ".join(map(str, ts)) + ")"
 

@@ -118,13 +118,15 @@ class Emitter:
     def param(self, name: str) -> Tensor:
         """The PARAM node for a parameter of this instance (one per graph)."""
         from .params import param_node
+        assert self.instance is not None, "parameters live in layer instances"
         if name not in self.param_nodes:
             self.param_nodes[name] = param_node(self, self.instance.params[name])
         return self.param_nodes[name]
 
     def capture(self, name: str, outer: Tensor) -> Tensor:
         """Make an outer tensor visible in a loop body as a new body input."""
-        t = self.outer.type(outer) if self.outer else None
+        assert self.outer is not None, "only loop bodies capture"
+        t = self.outer.type(outer)
         inner = self.add(Op.INPUT, (), {"name": name, "shape": t.shape, "dtype": t.dtype})
         self.captures.append((outer, inner))
         self.vars[name] = inner

@@ -167,8 +167,10 @@ def _index(em: Any, e: ast.Index) -> Any:
     base = eval_expr(em, e.value)
     if isinstance(base, Tensor):
         return index_tensor(em, base, e)
+    item = e.items[0]
     if isinstance(base, (list, tuple)) and len(e.items) == 1:
-        k = eval_expr(em, e.items[0]) if not isinstance(e.items[0], ast.Slice) else None
+        k = None if isinstance(item, (ast.Slice, ast.EllipsisItem, ast.NewAxis)) else (
+            eval_expr(em, item))
         if isinstance(k, int) and -len(base) <= k < len(base):
             return base[k]
         raise DSLError(f"index must be an int in [-{len(base)}, {len(base)}), found "

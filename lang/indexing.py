@@ -43,7 +43,7 @@ def _item(em: Any, it: Any) -> Any:
     if isinstance(it, ast.Slice):
         parts = [None if p is None else eval_expr(em, p) for p in (it.start, it.stop, it.step)]
         for p, node in zip(parts, (it.start, it.stop, it.step)):
-            if p is not None and (not isinstance(p, int) or isinstance(p, bool)):
+            if node is not None and (not isinstance(p, int) or isinstance(p, bool)):
                 raise DSLError(f"slice bounds must be ints, found {describe(p)}", node.loc)
         return slice(*parts)
     if isinstance(it, ast.EllipsisItem):

@@ -222,7 +222,8 @@ def call_function(em: Emitter, method: Method, args: list[Any], loc: Loc,
         raise DSLError(f"function '{fn.name}' calls itself ({chain}); recursion is not "
                        f"supported", loc)
     callee = _function_emitter(em.ctx, method)
-    tensor_args, binds = [], {}
+    tensor_args: list[tuple[Tensor, Tensor]] = []
+    binds: dict[str, Dim] = {}
     for a, v in zip(fn.args, args):
         _bind_arg(em, callee, a, v, binds, tensor_args, loc)
     em.ctx.calling.append(fn)

@@ -290,8 +290,10 @@ def _token_loc(file: str, lines: list[str], tok: Token, after: bool = False) -> 
     if after:
         line, col = tok.end_line or tok.line or 1, tok.end_column or tok.column or 1
         return _loc(file, lines, line, col, col + 1)
-    end_col = tok.end_column if tok.end_line == tok.line else len(lines[tok.line - 1]) + 1
-    return _loc(file, lines, tok.line, tok.column, end_col)
+    line, col = tok.line or 1, tok.column or 1
+    end_col = tok.end_column if tok.end_line == line and tok.end_column else len(
+        lines[line - 1]) + 1
+    return _loc(file, lines, line, col, end_col)
 
 
 # ---------------------------------------------------------------- AST builder

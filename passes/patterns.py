@@ -101,7 +101,8 @@ def _score_chain(g: Graph, x: int) -> tuple[list[int], int | None]:
     """Walk from the transformed scores back to q @ k^T through elementwise ops
     that keep the score shape (scale, mask, bias)."""
     shape = g.nodes[x].tensor.shape
-    chain, i = [], x
+    chain: list[int] = []
+    i = x
     while g.nodes[i].op in ELEMENTWISE:
         full = [s for s in g.nodes[i].srcs if g.nodes[s].tensor.shape == shape
                 and g.nodes[s].op is not Op.IOTA and g.nodes[s].tensor.dtype.is_float]
@@ -212,7 +213,7 @@ def _equal_slices(g: Graph, users: list[list[int]], gate: int) -> list[int] | No
 def _down_to_matmul_sum(g: Graph, i: int) -> tuple[list[int], int | None]:
     """Follow elementwise ops down the full-shape operand to a sum of matmuls."""
     shape = g.nodes[i].tensor.shape
-    chain = []
+    chain: list[int] = []
     while not _is_matmul_sum(g, i):
         n = g.nodes[i]
         full = [s for s in n.srcs if g.nodes[s].tensor.shape == shape]

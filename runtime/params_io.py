@@ -40,7 +40,7 @@ def save_params(path: str | Path, params: dict[str, np.ndarray]) -> None:
             _save_safetensors(path, params)
         else:
             with path.open("wb") as f:
-                np.savez(f, **params)
+                np.savez(f, **params)  # type: ignore[arg-type]  # the stub reads **kw as allow_pickle
     except OSError as e:
         raise DSLError(f"cannot write parameter file '{path}': {e.strerror or e}") from None
 
