@@ -25,8 +25,6 @@ from ember.passes.pipeline import optimize
 from ember.passes.shapes import bind_dims
 from ember.runtime import init, oracle
 
-STAGES = ("ast", "ir", "opt")
-
 
 def read_source(path: str | Path) -> str:
     p = Path(path)

@@ -44,8 +44,3 @@ def dtype_from_np(dt: np.dtype) -> DType | None:
         if d.np == dt:
             return d
     return None
-
-
-def promote(a: DType, b: DType) -> DType | None:
-    """Binary-op result dtype: equal dtypes, or None (the IR never promotes silently)."""
-    return a if a == b else None

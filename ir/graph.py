@@ -10,7 +10,7 @@ graph with a `Builder` (see passes/rewrite.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +43,6 @@ class Node:
     attrs: dict[str, Any]
     type: Type
     loc: Loc = UNKNOWN
-
-    def attr(self, key: str, default: Any = None) -> Any:
-        return self.attrs.get(key, default)
 
     @property
     def tensor(self) -> TensorType:
@@ -90,9 +87,6 @@ def walk_nodes(g: Graph) -> Iterator[Node]:
         yield n
         if "body" in n.attrs:
             yield from walk_nodes(n.attrs["body"])
-
-
-ShapeRule = Callable[[list[Any], dict[str, Any]], Type]
 
 
 class ShapeError(Exception):

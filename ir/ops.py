@@ -97,6 +97,3 @@ REDUCE = frozenset({Op.SUM, Op.MEAN, Op.MAX, Op.MIN, Op.ARGMAX})
 MOVEMENT = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.CONCAT,
                       Op.INDEX, Op.GATHER})
 COMPUTE = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D})
-REGION = frozenset({Op.CALL, Op.LOOP})
-COMMUTATIVE = frozenset({Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM, Op.EQ, Op.NE,
-                         Op.AND, Op.OR})

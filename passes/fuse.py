@@ -33,11 +33,11 @@ from typing import Any
 from ember.ir import dims
 from ember.ir.dims import Shape
 from ember.ir.graph import Graph
-from ember.ir.ops import ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
+from ember.ir.ops import COMPUTE, ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
 
 from .patterns import find_matches
 
-ANCHORS = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D}) | REDUCE
+ANCHORS = COMPUTE | REDUCE
 FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND}) | MOVEMENT
 
 
