@@ -24,7 +24,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from util import MODELS, compile_src
+from util import LSTM_STEPS, MODELS, compile_src
 
 from ember import api, cli
 from ember.backends import tolerance
@@ -352,13 +352,7 @@ model Cell {{
   def forward(x: f32[B, T, {N_IN}], h0: f32[B, {hidden}], c0: f32[B, {hidden}]) -> {state} {{
     let h = h0
     let c = c0
-    for t in range(T) {{
-      let gates = x[:, t, :] @ w_ih + h @ w_hh + b
-      let i, f, g, o = split(gates, 4, axis=-1)
-      c = sigmoid(f) * c + sigmoid(i) * tanh(g)
-      h = sigmoid(o) * tanh(c)
-    }}
-    return h, c
+{LSTM_STEPS}    return h, c
   }}
 }}
 """

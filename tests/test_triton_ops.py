@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from util import compile_src  # tests/util.py
+from util import LSTM_STEPS, compile_src  # tests/util.py
 
 pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -530,13 +530,7 @@ model M {{
               b: f32[{g}], h0: f32[B, {hidden}]) {{
     let h = h0
     let c = h0 * 0.5
-    for t in range(T) {{
-      let gates = x[:, t, :] @ w_ih + h @ w_hh + b
-      let i, f, g, o = split(gates, 4, axis=-1)
-      c = sigmoid(f) * c + sigmoid(i) * tanh(g)
-      h = sigmoid(o) * tanh(c)
-    }}
-    return h, c
+{LSTM_STEPS}    return h, c
   }}
 }}"""
 

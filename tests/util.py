@@ -16,6 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 MODEL_NAMES = ("mlp", "lenet", "resnet", "lstm", "transformer")
 
+# The LSTM time loop as models/lstm.ember writes it (x, h, c, w_ih, w_hh and b in
+# scope): the spelling the gates pattern must recognize.
+LSTM_STEPS = """    for t in range(T) {
+      let gates = x[:, t, :] @ w_ih + h @ w_hh + b
+      let i, f, g, o = split(gates, 4, axis=-1)
+      c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+      h = sigmoid(o) * tanh(c)
+    }
+"""
+
 
 def compile_src(src: str, entry: str = "forward", float64: bool = True, train: bool = False,
                 stage: str = "opt", file: str = "test.ember") -> Graph:
