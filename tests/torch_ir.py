@@ -1,0 +1,199 @@
+"""A second interpreter of the Ember IR, written with torch ops: a third opinion.
+
+`evaluate_torch(graph, inputs, params)` runs a graph node by node like the NumPy
+oracle (runtime/oracle.py), but every rule here is written from the op's meaning
+(ir/ops.py, ir/shapes.py) with torch, sharing no code with the oracle's rules. Only
+RAND reuses `ember.runtime.rand`, which *defines* the random stream. The fuzzer
+compares the two; gradient tests differentiate through this one, so float values
+are built with out-of-place torch ops only (no NumPy round trips): pass float64
+tensors with `requires_grad=True` and call `torch.autograd.grad` on the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ember.ir import dims
+from ember.ir.dtypes import DType
+from ember.ir.graph import Graph, Node, TensorType
+from ember.ir.loc import DSLError
+from ember.ir.ops import Op
+from ember.runtime.rand import stream_seed, uniform
+
+TORCH_DTYPE = {DType.F32: torch.float32, DType.F64: torch.float64, DType.I32: torch.int32,
+               DType.I64: torch.int64, DType.BOOL: torch.bool}
+
+
+@dataclass
+class Ctx:
+    """What a rule may need besides its operands: bound dims, parameters, the seed."""
+
+    dims: dict[str, int]
+    params: dict[str, torch.Tensor]
+    seed: int
+
+
+TorchRule = Callable[[Node, list[Any], Ctx], Any]
+Value = np.ndarray | torch.Tensor
+
+
+def evaluate_torch(g: Graph, inputs: Mapping[str, Value], params: Mapping[str, Value],
+                   seed: int = 0, env: Mapping[str, int] | None = None) -> list[torch.Tensor]:
+    """Run g with torch on named inputs (arrays or tensors); return its outputs in order."""
+    ctx = Ctx(dict(env or {}), {k: torch.as_tensor(v) for k, v in params.items()}, seed)
+    args = [torch.as_tensor(inputs[g.nodes[i].attrs["name"]]) for i in g.inputs]
+    for i, a in zip(g.inputs, args):
+        _bind(g.nodes[i].tensor, tuple(a.shape), ctx.dims)
+    return _run(g, args, ctx)
+
+
+def _bind(t: TensorType, shape: tuple[int, ...], env: dict[str, int]) -> None:
+    """Learn the symbols of a declared shape from an actual one (one unknown per dim)."""
+    for d, actual in zip(t.shape, shape, strict=True):
+        coef, syms = dims.factors(d)
+        unbound = [s for s in syms if s not in env]
+        if len(unbound) == 1:
+            known = coef * math.prod(env[s] for s in syms if s in env)
+            env[unbound[0]] = actual // known
+
+
+def _run(g: Graph, args: list[Any], ctx: Ctx) -> list[Any]:
+    vals: list[Any] = [None] * len(g.nodes)
+    for i, a in zip(g.inputs, args):
+        vals[i] = a
+    for i, n in enumerate(g.nodes):
+        if vals[i] is None:
+            vals[i] = _typed(n, torch_rules[n.op](n, [vals[s] for s in n.srcs], ctx), ctx)
+    return [vals[o] for o in g.outputs]
+
+
+def _typed(n: Node, v: Any, ctx: Ctx) -> Any:
+    """Cast to the node's dtype (torch widens integer sums) and check the shape."""
+    if not isinstance(n.type, TensorType):
+        return v
+    v = v.to(TORCH_DTYPE[n.type.dtype])
+    expected = dims.bind_shape(n.type.shape, ctx.dims)
+    assert tuple(v.shape) == expected, f"torch_ir: {n.op.value} gave {tuple(v.shape)}, " \
+                                       f"type says {expected}"
+    return v
+
+
+def _shape(n: Node, ctx: Ctx, key: str = "shape") -> tuple[int, ...]:
+    return dims.bind_shape(n.attrs[key], ctx.dims)
+
+
+def _dtype(n: Node) -> torch.dtype:
+    return TORCH_DTYPE[n.attrs["dtype"]]
+
+
+def _t(fn: Callable[..., torch.Tensor]) -> TorchRule:
+    return lambda n, a, ctx: fn(*a)
+
+
+def _iota(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    shape, ax = _shape(n, ctx), n.attrs["axis"]
+    line = torch.arange(shape[ax], dtype=_dtype(n))
+    return line.reshape([-1 if k == ax else 1 for k in range(len(shape))]).expand(shape)
+
+
+def _rand(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    shape = _shape(n, ctx)
+    flat = np.arange(math.prod(shape), dtype=np.int32).reshape(shape)
+    key = stream_seed(ctx.seed, n.attrs["stream"], tuple(int(s) for s in a))
+    return torch.from_numpy(uniform(key, flat))
+
+
+def _reduce(fn: Callable[..., torch.Tensor]) -> TorchRule:
+    def rule(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+        # torch reads dim=() as "every axis"; in the IR it reduces none
+        if not n.attrs["axes"]:
+            return a[0]
+        return fn(a[0], dim=n.attrs["axes"], keepdim=n.attrs["keepdims"])
+    return rule
+
+
+def _argmax(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    return torch.argmax(a[0], dim=n.attrs["axes"][0], keepdim=n.attrs["keepdims"])
+
+
+def _slice(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    stops = _shape(n, ctx, "stops")
+    idx = tuple(slice(s, e, st) for s, e, st in zip(n.attrs["starts"], stops, n.attrs["steps"]))
+    return a[0][idx]
+
+
+def _gather(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    table, ids = a
+    rows = table.shape[0]
+    if ids.numel() and bool(((ids < 0) | (ids >= rows)).any()):
+        raise DSLError(f"embedding ids must be in [0, {rows}), found values in "
+                       f"[{int(ids.min())}, {int(ids.max())}]", n.loc)
+    return table[ids.long()]
+
+
+def _conv2d(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    at = n.attrs
+    return F.conv2d(a[0], a[1], stride=at["stride"], padding=at["padding"],
+                    dilation=at["dilation"], groups=at["groups"])
+
+
+def _pool(fn: Callable[..., torch.Tensor], **kw: Any) -> TorchRule:
+    return lambda n, a, ctx: fn(a[0], n.attrs["kernel"], n.attrs["stride"],
+                                n.attrs["padding"], **kw)
+
+
+def _call(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
+    return tuple(_run(n.attrs["body"], a, ctx))
+
+
+def _loop(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
+    k = n.attrs["n_carry"]
+    carry, captured = list(a[:k]), list(a[k:])
+    for step in range(dims.bind(n.attrs["length"], ctx.dims)):
+        counter = torch.tensor(step, dtype=torch.int32)
+        carry = _run(n.attrs["body"], [counter, *carry, *captured], ctx)
+    return tuple(carry)
+
+
+torch_rules: dict[Op, TorchRule] = {
+    Op.INPUT: lambda n, a, ctx: None,  # bound before the walk
+    Op.PARAM: lambda n, a, ctx: ctx.params[n.attrs["name"]],
+    Op.CONST: lambda n, a, ctx: torch.tensor(n.attrs["value"], dtype=_dtype(n)),
+    Op.FULL: lambda n, a, ctx: torch.full(_shape(n, ctx), n.attrs["value"], dtype=_dtype(n)),
+    Op.IOTA: _iota,
+    Op.RAND: _rand,
+    Op.NEG: _t(torch.neg), Op.EXP: _t(torch.exp), Op.LOG: _t(torch.log),
+    Op.SQRT: _t(torch.sqrt), Op.RSQRT: _t(torch.rsqrt), Op.ABS: _t(torch.abs),
+    Op.RELU: _t(torch.relu), Op.SIGMOID: _t(torch.sigmoid), Op.TANH: _t(torch.tanh),
+    Op.ERF: _t(torch.erf),
+    Op.CAST: lambda n, a, ctx: a[0].to(_dtype(n)),
+    Op.NOT: _t(torch.logical_not),
+    Op.ADD: _t(torch.add), Op.SUB: _t(torch.sub), Op.MUL: _t(torch.mul),
+    Op.DIV: _t(torch.div), Op.POW: _t(torch.pow), Op.MAXIMUM: _t(torch.maximum),
+    Op.MINIMUM: _t(torch.minimum), Op.LT: _t(torch.lt), Op.LE: _t(torch.le),
+    Op.GT: _t(torch.gt), Op.GE: _t(torch.ge), Op.EQ: _t(torch.eq), Op.NE: _t(torch.ne),
+    Op.AND: _t(torch.logical_and), Op.OR: _t(torch.logical_or),
+    Op.WHERE: _t(torch.where),
+    Op.SUM: _reduce(torch.sum), Op.MEAN: _reduce(torch.mean), Op.MAX: _reduce(torch.amax),
+    Op.MIN: _reduce(torch.amin), Op.ARGMAX: _argmax,
+    Op.RESHAPE: lambda n, a, ctx: a[0].reshape(_shape(n, ctx)),
+    Op.PERMUTE: lambda n, a, ctx: a[0].permute(n.attrs["perm"]),
+    Op.EXPAND: lambda n, a, ctx: a[0].expand(_shape(n, ctx)),
+    Op.SLICE: _slice,
+    Op.CONCAT: lambda n, a, ctx: torch.cat(a, dim=n.attrs["axis"]),
+    Op.INDEX: lambda n, a, ctx: a[0].select(n.attrs["axis"], int(a[1])),
+    Op.GATHER: _gather,
+    Op.MATMUL: _t(torch.matmul),
+    Op.CONV2D: _conv2d,
+    Op.MAX_POOL2D: _pool(F.max_pool2d),
+    Op.AVG_POOL2D: _pool(F.avg_pool2d, count_include_pad=True),
+    Op.CALL: _call, Op.LOOP: _loop,
+    Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
+}
