@@ -7,6 +7,7 @@ located `DSLError`s here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lark import Token, Transformer_NonRecursive, v_args
@@ -257,7 +258,11 @@ class AstBuilder(Transformer_NonRecursive):
     def number(self, meta: Meta, children: list) -> ast.Num:
         (tok,) = children
         text = str(tok)
-        value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
+        if math.isinf(float(text)):  # float() reads any length; int() stops at 4300 digits
+            raise DSLError(f"the number {text[:12]}{'...' if len(text) > 12 else ''} is too "
+                           "large; numbers must fit in a float (about 1.8e308)", self._tok(tok))
+        value: int | float = float(text) if any(c in text for c in ".eE") else int(
+            text.lstrip("0") or "0")
         return ast.Num(value, self._tok(tok))
 
     def true(self, meta: Meta, children: list) -> ast.Bool:

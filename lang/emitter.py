@@ -8,6 +8,7 @@ Builtins (lang/builtins.py) build IR only through this small API.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from ember.ir.graph import Builder, TensorType
 from ember.ir.loc import DSLError, Loc
 from ember.ir.ops import Op
 
-from .values import Instance, Tensor
+from .values import Instance, Tensor, show_number
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,9 @@ class Emitter:
             value = bool(value) if dtype is DType.BOOL else (
                 float(value) if dtype.is_float else int(value))
         except OverflowError:
-            digits = str(value)
-            shown = f"{digits[:6]}... ({len(digits)} digits)" if len(digits) > 20 else digits
-            raise DSLError(f"the constant {shown} does not fit in {dtype}", loc) from None
-        info = np.iinfo(dtype.np) if dtype.is_int else None
-        if info is not None and not info.min <= value <= info.max:
-            raise DSLError(f"the constant {value} does not fit in {dtype} "
-                           f"[{info.min}, {info.max}]", loc)
+            raise DSLError(f"the constant {show_number(value)} does not fit in {dtype}",
+                           loc) from None
+        _check_range(value, dtype, loc)
         return self.add(Op.CONST, (), {"value": value, "dtype": dtype}, loc)
 
     @property
@@ -139,6 +136,20 @@ class Emitter:
         if self.instance is not None:
             names += list(self.instance.scope) + list(self.instance.params)
         return names + list(self.ctx.globals)
+
+
+def _check_range(value: float | int | bool, dtype: DType, loc: Loc) -> None:
+    """A finite number outside the dtype's range would wrap, or silently become inf."""
+    if dtype is DType.BOOL or not math.isfinite(value):
+        return
+    if dtype.is_int:
+        ii = np.iinfo(dtype.np)
+        inside, shown = ii.min <= value <= ii.max, f"[{ii.min}, {ii.max}]"
+    else:
+        top = float(np.finfo(dtype.np).max)
+        inside, shown = -top <= value <= top, f"[{-top:.5g}, {top:.5g}]"
+    if not inside:
+        raise DSLError(f"the constant {value} does not fit in {dtype} {shown}", loc)
 
 
 class _Missing:

@@ -7,7 +7,9 @@ support `*` and exact `//` so shapes like `B*T` or `D//heads` can be written.
 
 from __future__ import annotations
 
+import math
 import operator
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,18 @@ from ember.ir.loc import DSLError, Loc
 from ember.ir.ops import Op
 
 from . import ast
-from .values import DimVal, Instance, Method, Tensor, as_dim, describe, dim_arith, dim_value
+from .values import (
+    DimVal,
+    Instance,
+    Method,
+    Tensor,
+    as_dim,
+    describe,
+    dim_arith,
+    dim_value,
+    fits_float,
+    show_number,
+)
 
 TENSOR_BINOPS = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "**": Op.POW,
                  "@": Op.MATMUL, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE,
@@ -28,9 +41,22 @@ PY_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
     "!=": operator.ne}
 
 
+# Nesting that recurses (calls, indexing, tuples; operator chains do not), counted
+# across the functions a call lowers, bounded well inside Python's stack.
+MAX_NESTING = 100
+
+
 def eval_expr(em: Any, e: ast.Expr) -> Any:
     """The compile-time value of an expression, emitting IR for tensor parts."""
-    return _RULES[type(e)](em, e)
+    ctx = em.ctx
+    if ctx.nesting >= MAX_NESTING:
+        raise DSLError(f"expression is nested too deeply (more than {MAX_NESTING} levels of "
+                       "calls and brackets); split it with 'let'", e.loc)
+    ctx.nesting += 1
+    try:
+        return _RULES[type(e)](em, e)
+    finally:
+        ctx.nesting -= 1
 
 
 def _num(em: Any, e: ast.Num) -> Any:
@@ -56,17 +82,35 @@ def _tuple(em: Any, e: ast.TupleExpr) -> tuple[Any, ...]:
     return tuple(eval_expr(em, x) for x in e.items)
 
 
-def _unary(em: Any, e: ast.UnaryOp) -> Any:
-    v = eval_expr(em, e.operand)
+def _operators(em: Any, e: ast.BinOp | ast.UnaryOp) -> Any:
+    """Evaluate a tree of unary and binary operators with an explicit stack, in
+    the recursive order (left operand first), so that a 500-term sum or
+    `- - ... x` cannot exhaust Python's stack."""
+    todo: list[tuple[ast.Expr, bool]] = [(e, False)]
+    values: list[Any] = []
+    while todo:
+        node, operands_done = todo.pop()
+        if operands_done and isinstance(node, ast.BinOp):
+            rhs = values.pop()
+            values.append(binary(em, node.op, values.pop(), rhs, node.loc))
+        elif operands_done:
+            values.append(negate(em, values.pop(), node.loc))
+        elif isinstance(node, ast.BinOp):
+            todo += [(node, True), (node.rhs, False), (node.lhs, False)]
+        elif isinstance(node, ast.UnaryOp):
+            todo += [(node, True), (node.operand, False)]
+        else:
+            values.append(eval_expr(em, node))
+    return values[0]
+
+
+def negate(em: Any, v: Any, loc: Loc) -> Any:
+    """`-v` for a tensor or a number."""
     if isinstance(v, Tensor):
-        return em.add(Op.NEG, (v,), {}, e.loc)
+        return em.add(Op.NEG, (v,), {}, loc)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return -v
-    raise DSLError(f"cannot negate {describe(v)}", e.loc)
-
-
-def _binop(em: Any, e: ast.BinOp) -> Any:
-    return binary(em, e.op, eval_expr(em, e.lhs), eval_expr(em, e.rhs), e.loc)
+    raise DSLError(f"cannot negate {describe(v)}", loc)
 
 
 def binary(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
@@ -80,14 +124,37 @@ def binary(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
             raise DSLError(f"cannot compute {a} {op} {b} on dimensions (only '*' and exact "
                            f"'//' are supported)", loc)
         return dim_value(out)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        try:
-            return PY_BINOPS[op](a, b)
-        except ZeroDivisionError:
-            raise DSLError(f"division by zero in {a} {op} {b}", loc) from None
-        except OverflowError:
-            raise DSLError(f"{a} {op} {b} overflows a float", loc) from None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and op in PY_BINOPS:
+        return _number_binop(op, a, b, loc)
     raise DSLError(f"operator '{op}' does not apply to {describe(a)} and {describe(b)}", loc)
+
+
+def _number_binop(op: str, a: int | float, b: int | float, loc: Loc) -> int | float:
+    """Fold arithmetic on compile-time numbers. Results stay real and within a
+    float's range; an integer power is sized before it is computed, so
+    `9 ** 9 ** 9` fails at once instead of running for hours."""
+    text = f"{_operand(a)} {op} {_operand(b)}"
+    if op == "**" and isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
+        digits = b * math.log10(abs(a))
+        if digits > sys.float_info.max_10_exp:
+            raise DSLError(f"{text} is too large (about {digits:.3g} digits); numbers must "
+                           f"fit in a float (about 1.8e308)", loc)
+    try:
+        out = PY_BINOPS[op](a, b)
+    except ZeroDivisionError:
+        raise DSLError(f"division by zero in {text}", loc) from None
+    except OverflowError:
+        raise DSLError(f"{text} overflows a float (about 1.8e308)", loc) from None
+    if isinstance(out, complex):
+        raise DSLError(f"{text} is not a real number", loc)
+    if not fits_float(out) or (math.isinf(out) and math.isfinite(a) and math.isfinite(b)):
+        raise DSLError(f"{text} overflows a float (about 1.8e308)", loc)
+    return out
+
+
+def _operand(v: int | float) -> str:
+    """A number as an operand in a message: `(-8) ** 0.5`, not `-8 ** 0.5`."""
+    return f"({show_number(v)})" if v < 0 else show_number(v)
 
 
 def _tensor_binop(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Tensor:
@@ -190,6 +257,6 @@ def tensor_results(em: Any, ret: ast.Return) -> tuple[Tensor, ...]:
 
 _RULES: dict[type, Callable[[Any, Any], Any]] = {
     ast.Num: _num, ast.Bool: _num, ast.Name: _name, ast.TupleExpr: _tuple,
-    ast.UnaryOp: _unary, ast.BinOp: _binop, ast.Attr: _attr, ast.Call: _call,
+    ast.UnaryOp: _operators, ast.BinOp: _operators, ast.Attr: _attr, ast.Call: _call,
     ast.Index: _index,
 }

@@ -40,6 +40,7 @@ class Context:
     loc: Loc = UNKNOWN
     building: list[str] = field(default_factory=list)        # layers being instantiated
     calling: list[ast.FnDef] = field(default_factory=list)   # functions being lowered
+    nesting: int = 0                                          # eval_expr recursion depth
 
 
 def lower(program: ast.Program, entry: str = "forward", options: Options = Options()) -> Graph:

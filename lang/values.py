@@ -7,6 +7,8 @@ instance or an array of them, a function, or a tuple of these.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +78,19 @@ def dim_arith(op: str, a: Dim, b: Dim) -> Dim | None:
     return None
 
 
+def show_number(v: int | float) -> str:
+    """A number as messages print it: a huge int abbreviated to its leading digits."""
+    if isinstance(v, int) and v.bit_length() > 64:
+        digits = int(v.bit_length() * math.log10(2)) + 1
+        return f"{str(v)[:6]}... (about {digits} digits)"
+    return str(v)
+
+
+def fits_float(v: int | float) -> bool:
+    """Is a compile-time number within a float's range (inf and nan are floats too)?"""
+    return isinstance(v, float) or abs(v) <= sys.float_info.max
+
+
 def describe(v: Any) -> str:
     """How a value is named in error messages."""
     if isinstance(v, Instance):
@@ -91,5 +106,5 @@ def describe(v: Any) -> str:
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, (int, float)):
-        return f"the number {v}"
+        return f"the number {show_number(v)}"
     return "a tensor"

@@ -1,0 +1,137 @@
+"""Regression tests: no input a user can write makes the language front end
+print a traceback or hang (issue 9).
+
+Long flat expressions compile; absurd nesting, oversized constants and
+meaningless arithmetic stop with a located DSLError. Most cases go through the
+API (in process, fast); a few go through the CLI to prove what the user sees.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ember.ir.loc import DSLError
+from ember.ir.ops import Op
+from ember.ir.printer import print_graph
+from tests.util import compile_src, run_src
+
+
+def ember(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def model(body: str, args: str = "x: f32[4]", ret: str = "f32[4]", head: str = "") -> str:
+    return f"{head}model M {{\n  def forward({args}) -> {ret} {{\n    return {body}\n  }}\n}}\n"
+
+
+def error_of(src: str, **kw: object) -> DSLError:
+    with pytest.raises(DSLError) as info:
+        compile_src(src, **kw)  # type: ignore[arg-type]
+    return info.value
+
+
+X = np.arange(4.0) - 1.5
+
+
+# ---- deep and long expressions -------------------------------------------------------
+
+
+def test_500_term_sum_compiles_and_runs() -> None:
+    src = model(" + ".join(f"x * {k}.0" for k in range(500)))
+    (out,) = run_src(src, {"x": X})
+    np.testing.assert_allclose(out, X * sum(range(500)), rtol=1e-12)
+
+
+def test_1000_nested_unary_minus_is_the_identity() -> None:
+    (out,) = run_src(model("-" * 1000 + "(x * 2.0)"), {"x": X})
+    np.testing.assert_array_equal(out, 2 * X)
+
+
+def test_500_nested_powers_lower_in_order() -> None:
+    g = compile_src(model(" ** ".join(["x"] * 500)), stage="ir")
+    assert sum(n.op is Op.POW for n in g.nodes) == 499
+    assert "pow" in print_graph(g)
+
+
+def test_3000_term_constant_sum_folds() -> None:
+    (out,) = run_src(model("x * k", head=f"const k = {' + '.join(['1'] * 3000)}\n"), {"x": X})
+    np.testing.assert_array_equal(out, 3000 * X)
+
+
+def test_absurdly_nested_calls_are_a_located_error() -> None:
+    e = error_of(model("relu(" * 500 + "x" + ")" * 500))
+    assert "nested too deeply" in e.message
+    assert (e.loc.line, e.loc.col) == (3, 12 + 5 * 100)  # the call 100 levels in
+
+
+def test_nesting_just_under_the_limit_compiles() -> None:
+    g = compile_src(model("relu(" * 90 + "x" + ")" * 90), stage="ir")
+    assert sum(n.op is Op.RELU for n in g.nodes) == 90
+
+
+def test_deep_nesting_through_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(model("exp(" * 300 + "x" + ")" * 300))
+    r = ember(tmp_path, "compile", "m.ember")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("m.ember:3:412: error: expression is nested too deeply")
+
+
+def test_long_sum_through_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(model(" + ".join(["x"] * 500)))
+    r = ember(tmp_path, "run", "m.ember", "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
+# ---- compile-time number arithmetic --------------------------------------------------
+
+CONST_ERRORS = [
+    ("9 ** 9 ** 9", "9 ** 387420489 is too large (about 3.7e+08 digits)"),
+    ("2 ** 100000", "2 ** 100000 is too large (about 3.01e+04 digits)"),
+    ("2 @ 3", "operator '@' does not apply to the number 2 and the number 3"),
+    ("(-8) ** 0.5", "(-8) ** 0.5 is not a real number"),
+    ("1e308 * 10", "1e+308 * 10 overflows a float"),
+    ("2.0 ** 2000", "2.0 ** 2000 overflows a float"),
+    ("2 ** 1023 * 2", "898846... (about 309 digits) * 2 overflows a float"),
+    ("1e999", "the number 1e999 is too large"),
+    ("9" * 5000, "the number 999999999999... is too large"),
+    ("0 ** -1", "division by zero in 0 ** (-1)"),
+]
+
+
+@pytest.mark.parametrize("expr, message", CONST_ERRORS, ids=[c[0][:12] for c in CONST_ERRORS])
+def test_constant_arithmetic_errors_are_located(expr: str, message: str) -> None:
+    e = error_of(model("x * k", head=f"const k = {expr}\n"))
+    assert e.message.startswith(message)
+    assert (e.loc.line, e.loc.col) == (1, 11)
+
+
+def test_constant_power_is_bounded_in_time_through_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(model("x * k", head="const k = 9 ** 9 ** 9\n"))
+    r = ember(tmp_path, "compile", "m.ember")  # the subprocess timeout catches a hang
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "m.ember:1:11: error: 9 ** 387420489 is too large" in r.stderr
+
+
+def test_large_but_representable_constants_still_fold() -> None:
+    (out,) = run_src(model("x * k", head="const k = 2 ** 1000 / 2.0 ** 999\n"), {"x": X})
+    np.testing.assert_array_equal(out, 2 * X)
+
+
+def test_float_constant_beyond_f32_is_an_error_not_inf() -> None:
+    e = error_of(model("x * -1e39"), float64=False)
+    assert e.message == "the constant -1e+39 does not fit in f32 [-3.4028e+38, 3.4028e+38]"
+    assert run_src(model("x * -1e39"), {"x": X})[0][0] == 1.5e39  # fits in f64
+
+
+def test_folding_overflow_is_quiet_and_means_what_running_means() -> None:
+    with np.errstate(all="raise"):  # any NumPy warning during folding would raise here
+        g = compile_src(model("x * exp(1000.0) + log(0.0)"))
+    values = sorted(n.attrs["value"] for n in g.nodes if n.op is Op.CONST)
+    assert values == [-np.inf, np.inf]
