@@ -40,11 +40,13 @@ def param_node(em: Any, pdef: ast.ParamDef) -> Tensor:
     if dtype is DType.F32 and em.ctx.options.float64:
         dtype = DType.F64
     attrs = {"name": pdef.name, "shape": tuple(shape), "dtype": dtype,
-             "init": _initializer(scope, pdef)}
+             "init": _initializer(scope, pdef, dtype)}
     return em.add(Op.PARAM, (), attrs, pdef.loc)
 
 
-def _initializer(scope: Any, pdef: ast.ParamDef) -> tuple[Any, ...]:
+def _initializer(scope: Any, pdef: ast.ParamDef, dtype: DType) -> tuple[Any, ...]:
+    from ember.runtime.init import check_args
+
     from .exprs import eval_expr
     init = pdef.init
     if init is None:
@@ -62,4 +64,9 @@ def _initializer(scope: Any, pdef: ast.ParamDef) -> tuple[Any, ...]:
     if not lo <= len(args) <= hi or any(not isinstance(a, (int, float)) for a in args):
         raise DSLError(f"initializer '{name_node.id}' takes {lo} to {hi} numbers, "
                        f"found {len(args)} arguments", init.loc)
-    return (name_node.id, *(float(a) for a in args))
+    spec = (name_node.id, *(float(a) for a in args))
+    problem = check_args(spec[0], spec[1:], dtype.np)
+    if problem:
+        raise DSLError(f"initializer '{name_node.id}' of parameter '{pdef.name}': {problem}",
+                       init.loc)
+    return spec

@@ -55,6 +55,29 @@ def _sym(bound: float) -> tuple[float, float]:
     return -bound, bound
 
 
+def check_args(kind: str, args: tuple[float, ...], dtype: np.dtype) -> str | None:
+    """Why `kind(*args)` cannot initialize a `dtype` parameter, or None if it can.
+    Checked when the model compiles, so a bad spec never reaches a run as a
+    NumPy error or a tensor full of inf."""
+    top = _largest(dtype)
+    if any(not math.isfinite(a) or abs(a) > top for a in args):
+        return f"arguments must be finite and within {dtype}'s range (about {top:.3g})"
+    if kind == "normal" and args and not 0 <= args[0] <= top / 10:
+        # ten standard deviations must still fit, or some draws become inf
+        return f"the standard deviation must be in [0, {top / 10:.3g}], found {args[0]:g}"
+    if kind == "uniform" and len(args) == 1 and args[0] < 0:
+        return f"uniform(a) draws from U(-a, a), so a must be >= 0, found {args[0]:g}"
+    if kind == "uniform" and len(args) == 2 and args[0] > args[1]:
+        return f"uniform(lo, hi) needs lo <= hi, found {args[0]:g} > {args[1]:g}"
+    return None
+
+
+def _largest(dtype: np.dtype) -> float:
+    if dtype.kind == "f":
+        return float(np.finfo(dtype).max)
+    return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+
+
 def init_params(specs: dict[str, tuple[TensorType, tuple]], seed: int) -> dict[str, np.ndarray]:
     """Fresh values for every parameter, drawn in name order from one seeded generator."""
     rng = np.random.default_rng(seed)

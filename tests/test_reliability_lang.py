@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ember import api
 from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 from ember.ir.printer import print_graph
@@ -135,3 +136,46 @@ def test_folding_overflow_is_quiet_and_means_what_running_means() -> None:
         g = compile_src(model("x * exp(1000.0) + log(0.0)"))
     values = sorted(n.attrs["value"] for n in g.nodes if n.op is Op.CONST)
     assert values == [-np.inf, np.inf]
+
+
+# ---- initializer arguments ------------------------------------------------------------
+
+INIT_ERRORS = [
+    ("normal(-1)", "the standard deviation must be in [0, 3.4e+37], found -1"),
+    ("normal(1e38)", "the standard deviation must be in [0, 3.4e+37], found 1e+38"),
+    ("uniform(5, 1)", "uniform(lo, hi) needs lo <= hi, found 5 > 1"),
+    ("uniform(-1)", "uniform(a) draws from U(-a, a), so a must be >= 0, found -1"),
+    ("uniform(1e39)", "arguments must be finite and within float32's range (about 3.4e+38)"),
+]
+
+
+def layer_with(init: str, dtype: str = "f32") -> str:
+    return (f"model M {{\n  param w: {dtype}[4] = {init}\n"
+            f"  def forward(x: {dtype}[4]) -> {dtype}[4] {{ return x * w }}\n}}\n")
+
+
+@pytest.mark.parametrize("init, problem", INIT_ERRORS, ids=[c[0] for c in INIT_ERRORS])
+def test_initializer_arguments_checked_at_compile_time(init: str, problem: str) -> None:
+    e = error_of(layer_with(init), float64=False)
+    assert e.message == f"initializer '{init.split('(')[0]}' of parameter 'w': {problem}"
+    assert (e.loc.line, e.loc.col, e.loc.end_col) == (2, 21, 21 + len(init))
+
+
+def test_initializer_argument_beyond_any_float_is_a_parse_error() -> None:
+    e = error_of(layer_with("normal(1e309)"))
+    assert e.message.startswith("the number 1e309 is too large")
+    assert (e.loc.line, e.loc.col) == (2, 28)
+
+
+def test_initializer_limits_follow_the_parameter_dtype() -> None:
+    compile_src(layer_with("normal(1e38)", "f64"))  # fine in float64
+    g = compile_src(layer_with("uniform(-3e38, 3e38)"), float64=False)
+    (w,) = api.init_params(g).values()
+    assert w.dtype == np.float32 and np.all(np.isfinite(w))
+
+
+def test_bad_initializer_through_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(layer_with("uniform(5, 1)"))
+    r = ember(tmp_path, "compile", "m.ember")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("m.ember:2:21: error: initializer 'uniform' of parameter 'w'")
