@@ -4,8 +4,6 @@ length. The same functions run in the launcher and in ahead-of-time compiles."""
 
 from __future__ import annotations
 
-from ember.ir.loc import DSLError
-
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
@@ -17,18 +15,39 @@ def pointwise(numel: int) -> int:
     return min(1024, max(16, next_pow2(numel)))
 
 
-def reduce_cols(n: int) -> int:
-    """A persistent reduction: the whole row in one block."""
-    if n > 16384:
-        raise DSLError(f"the Triton backend reduces rows of at most 16384 elements; this "
-                       f"model reduces {n} (use --backend numpy)")
-    return max(2, next_pow2(n))
+# A row of up to 32 KiB (8192 f32, 4096 f64) stays in one block: on sm_90 the
+# layer_norm kernel then takes 126 registers per thread (f32, 4 warps) and 16384
+# f32 takes 230, near the 255 limit (f64 16384 spills). Longer rows loop over
+# chunks of 8 KiB, 16 f32 per thread.
+PERSISTENT_BYTES = 32768
+CHUNK_BYTES = 8192
+#: Rows per looped tile when rows are contiguous (a column sum): 16 f32 make
+#: 64-byte loads, and few columns still spread over several programs.
+OUTER_ROWS = 16
 
 
-def reduce_rows(rows: int, cols: int) -> int:
-    """Rows per program: a tile of at most 4096 elements, or one row when a
-    row alone is longer."""
-    return max(1, min(next_pow2(rows), 4096 // reduce_cols(cols)))
+def reduce_looped(cols: int, itemsize: int = 4) -> bool:
+    """Does a row of `cols` elements loop over chunks (else one block holds it)?
+    The one decision the template, the launcher and the AOT check all use."""
+    return next_pow2(cols) * itemsize > PERSISTENT_BYTES
+
+
+def reduce_cols(cols: int, itemsize: int = 4, inner: bool = True) -> int:
+    """RBLOCK: the whole row, or a chunk of a looped one. A row whose
+    elements are strided (`inner=False`: the kept dims are the contiguous ones)
+    gets short chunks of OUTER_ROWS rows."""
+    if not reduce_looped(cols, itemsize):
+        return max(2, next_pow2(cols))
+    return CHUNK_BYTES // itemsize // (1 if inner else OUTER_ROWS)
+
+
+def reduce_rows(rows: int, cols: int, itemsize: int = 4, inner: bool = True) -> int:
+    """XBLOCK: rows per program. Persistent: a tile of at most 4096 elements, or
+    one row when a row alone is longer. Looped: one contiguous row, or up to
+    OUTER_ROWS strided ones."""
+    if not reduce_looped(cols, itemsize):
+        return max(1, min(next_pow2(rows), 4096 // reduce_cols(cols, itemsize)))
+    return 1 if inner else min(next_pow2(rows), OUTER_ROWS)
 
 
 def tile(n: int) -> int:

@@ -16,9 +16,9 @@ from ember.ir.dims import Shape
 from ember.ir.dtypes import DType
 from ember.ir.ops import REDUCE, Op
 
-from . import ix
+from . import blocks, ix
 from .ix import Ix, dim_text
-from .rules import TL_DTYPE
+from .rules import NAN, TL_DTYPE
 from .writer import KernelWriter
 
 
@@ -66,10 +66,19 @@ def pointwise(w: KernelWriter) -> Launch:
 
 
 # ---- reductions ------------------------------------------------------------------
+#
+# A reduction kernel's tile is [XBLOCK rows, RBLOCK lanes of the reduced extent].
+# A row that fits (blocks.reduce_looped says no) is *persistent*: one block holds
+# it, every value is computed once, and later reductions and the stored epilogue
+# reuse it from registers. A longer row is *looped*: each pass walks the row in
+# RBLOCK chunks with running accumulators per lane, a reduction that reads
+# another's result runs one pass later (softmax: max, then the exp-sum, then a
+# last pass storing the normalized row), and lanes are combined after the loop.
 
 IDENTITY = {Op.SUM: "0.0", Op.MEAN: "0.0", Op.MAX: '-float("inf")', Op.MIN: 'float("inf")',
             Op.ARGMAX: '-float("inf")'}
 INT_LIMITS = {DType.I32: 2**31 - 1, DType.I64: 2**63 - 1, DType.BOOL: 1}
+NAN_OPS = (Op.MAX, Op.MIN, Op.ARGMAX)   # NaN wins, as in NumPy; tl.max/tl.argmax skip it
 
 
 def identity(op: Op, dtype: DType) -> str:
@@ -82,68 +91,248 @@ def identity(op: Op, dtype: DType) -> str:
             Op.MIN: str(top), Op.ARGMAX: str(-top - 1 if dtype.is_int else 0)}[op]
 
 
+@dataclass
+class _Rows:
+    """The iteration space: rows are the kept dims (tile axis x), and the
+    reduced dims flatten into one extent of n_r elements (tile axis r)."""
+
+    full: Shape
+    axes: tuple[int, ...]
+    n_r: str
+    kept_idx: tuple[Ix, ...]
+    keep_idx: tuple[Ix, ...]     # the keepdims index: 0 on the reduced axes
+
+    def full_index(self, w: KernelWriter) -> tuple[Ix, ...]:
+        """The full-shape index at the current lanes `r` (naming the reduced dims)."""
+        red = tuple(self.full[a] for a in self.axes)
+        red_idx = _name_index(w, ix.delinear(Ix("r", frozenset("r")), red),
+                              [f"r{a}" for a in self.axes])
+        it_k, it_r = iter(self.kept_idx), iter(red_idx)
+        return tuple(next(it_r) if a in self.axes else next(it_k) for a in range(len(self.full)))
+
+    def row_index(self, shape: Shape) -> tuple[Ix, ...]:
+        """The index of a per-row value: the keepdims shape or the kept shape."""
+        return self.keep_idx if len(shape) == len(self.full) else self.kept_idx
+
+
 def reduce(w: KernelWriter) -> Launch:
+    """A row reduction kernel, persistent or looped as blocks.reduce_looped
+    decides: at code generation for a static row length, else at launch
+    through the LOOPED constexpr, which compiles only the branch it selects."""
     full, axes = w.kernel.space
     kept = tuple(d for a, d in enumerate(full) if a not in axes)
-    red = tuple(full[a] for a in axes)
-    n_rows, n_r = dim_text(dims.prod(kept)), dim_text(dims.prod(red))
+    n_r = dims.prod(tuple(full[a] for a in axes))
+    n_rows = dim_text(dims.prod(kept))
+    w.used.add("roff")
     w.line("pid = tl.program_id(0)")
     w.line("rows = pid * XBLOCK + tl.arange(0, XBLOCK)[:, None]")
     w.line(f"xmask = rows < {n_rows}")
-    w.line("r = tl.arange(0, RBLOCK)[None, :]")
-    w.line(f"rmask = r < {n_r}")
-    w.line("mask = xmask & rmask")
     w.axes(x=("rows", "xmask"), r=("r", "rmask"))
     kept_idx = _name_index(w, ix.delinear(Ix("rows", frozenset("x")), kept),
                            [f"i{a}" for a in range(len(full)) if a not in axes])
-    red_idx = _name_index(w, ix.delinear(Ix("r", frozenset("r")), red), [f"r{a}" for a in axes])
-    it_k, it_r = iter(kept_idx), iter(red_idx)
-    full_idx = tuple(next(it_r) if a in axes else next(it_k) for a in range(len(full)))
-    keep_idx = tuple(ix.ZERO if a in axes else full_idx[a] for a in range(len(full)))
-    spaces = {full: full_idx, tuple(1 if a in axes else d for a, d in enumerate(full)): keep_idx,
-              kept: kept_idx}
-    for i in w.kernel.nodes:
-        n = w.g.nodes[i]
-        if n.op in REDUCE:
-            _reduction(w, i, full_idx, n_r)
-            at = keep_idx if n.attrs["keepdims"] else kept_idx
-            w.remember(i, at, Ix(f"red{i}", frozenset("x")))
-    # a per-row result's offset is the row number itself (also for a scalar)
-    per_row = {o: Ix("rows", frozenset("x")) for o in w.kernel.outputs if w.shape(o) != full}
-    store_outputs(w, {o: spaces[w.shape(o)] for o in w.kernel.outputs}, per_row)
-    return Launch([f"triton.cdiv({n_rows}, XBLOCK)"],
-                  {"XBLOCK": f"blocks.reduce_rows({n_rows}, {n_r})",
-                   "RBLOCK": f"blocks.reduce_cols({n_r})"})
+    it = iter(kept_idx)
+    keep_idx = tuple(ix.ZERO if a in axes else next(it) for a in range(len(full)))
+    rs = _Rows(full, axes, dim_text(n_r), kept_idx, keep_idx)
+    size, inner = _itemsize(w), all(d == 1 for d in full[max(axes, default=len(full)) + 1:])
+    opts = ("" if size == 4 else f", itemsize={size}") + ("" if inner else ", inner=False")
+    consts = {"XBLOCK": f"blocks.reduce_rows({n_rows}, {rs.n_r}{opts})",
+              "RBLOCK": f"blocks.reduce_cols({rs.n_r}{opts})"}
+    if isinstance(n_r, int):
+        (_looped if blocks.reduce_looped(n_r, size) else _persistent)(w, rs)
+    else:
+        consts["LOOPED"] = f"blocks.reduce_looped({rs.n_r}, {size})"
+        _either(w, rs)
+    return Launch([f"triton.cdiv({n_rows}, XBLOCK)"], consts)
 
 
-def _reduction(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -> None:
+def _itemsize(w: KernelWriter) -> int:
+    """Bytes per element of the widest value the kernel computes or reduces."""
+    g = w.g
+    operands = [g.nodes[i].srcs[0] for i in w.kernel.nodes if g.nodes[i].op in REDUCE]
+    return max(w.dtype(i).itemsize for i in [*w.kernel.nodes, *operands])
+
+
+def _either(w: KernelWriter, rs: _Rows) -> None:
+    """Both forms under `if LOOPED:`; a branch's locals never reach the other,
+    so the second branch may reuse the first one's names."""
+    before = set(w.used)
+    for head, form in (("if LOOPED:", _looped), ("else:", _persistent)):
+        w.line(head)
+        w.push()
+        form(w, rs)
+        w.pop()
+        w.used, taken = set(before), w.used
+    w.used |= taken
+
+
+def _reductions(w: KernelWriter) -> list[int]:
+    return [i for i in w.kernel.nodes if w.g.nodes[i].op in REDUCE]
+
+
+def _lanes(w: KernelWriter, rs: _Rows) -> tuple[Ix, ...]:
+    """Masks of the current lanes `r`; returns the full-shape index there."""
+    w.line(f"rmask = r < {rs.n_r}")
+    w.line("mask = xmask & rmask")
+    return rs.full_index(w)
+
+
+def _store(w: KernelWriter, rs: _Rows, outs: list[int], full_idx: tuple[Ix, ...] = ()) -> None:
+    """Store full-shape outputs at full_idx, per-row ones at the row number
+    (also for a scalar)."""
+    for o in outs:
+        if w.shape(o) == rs.full:
+            w.store(o, full_idx, w.value(o, full_idx))
+        else:
+            idx = rs.row_index(w.shape(o))
+            w.store(o, idx, w.value(o, idx), Ix("rows", frozenset("x")))
+
+
+# ---- persistent: the whole row in one block -------------------------------------------
+
+def _persistent(w: KernelWriter, rs: _Rows) -> None:
+    w.line("r = tl.arange(0, RBLOCK)[None, :]")
+    full_idx = _lanes(w, rs)
+    for i in _reductions(w):
+        red = _reduce_block(w, i, full_idx, rs.n_r)
+        w.remember(i, rs.row_index(w.shape(i)), red)
+    _store(w, rs, w.kernel.outputs, full_idx)
+
+
+def _reduce_block(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -> Ix:
     n = w.g.nodes[i]
     v = w.value(n.srcs[0], full_idx)
     dtype = w.dtype(n.srcs[0])
-    masked = f"tl.where(mask, {v.text}, {identity(n.op, dtype)})"
-    if n.op in (Op.SUM, Op.MEAN):
-        expr = f"tl.sum({masked}, axis=1, keep_dims=True)"
-        if n.op is Op.MEAN:
-            expr = f"{expr} / {ix.wrap(n_r)}"
-    elif n.op is Op.ARGMAX:
-        expr = f"tl.argmax({masked}, axis=1, keep_dims=True)"
-    else:
-        expr = f"tl.{n.op.value}({masked}, axis=1, keep_dims=True)"
-    w.line(f"red{i} = {expr}", i)
-    if dtype.is_float and n.op in (Op.MAX, Op.MIN, Op.ARGMAX):
-        _propagate_nan(w, i, v)
+    nan = dtype.is_float and n.op in NAN_OPS
+    # NaN lanes are left out (an all-NaN tile would make tl.argmax raise in the
+    # interpreter) and put back by _propagate_nan
+    keep = f"mask & ({v.text} == {v.text})" if nan else "mask"
+    fn = "sum" if n.op in (Op.SUM, Op.MEAN) else n.op.value
+    expr = f"tl.{fn}(tl.where({keep}, {v.text}, {identity(n.op, dtype)}), axis=1, keep_dims=True)"
+    if n.op is Op.MEAN:
+        expr = f"{expr} / {ix.wrap(n_r)}"
+    red = w.let(w.fresh(f"red{i}"), expr, frozenset("x"), i)
+    if nan:
+        _propagate_nan(w, i, v, red)
+    return red
 
 
-def _propagate_nan(w: KernelWriter, i: int, v: Ix) -> None:
-    """tl.max/tl.argmax skip NaN; NumPy and torch return NaN (argmax: the
-    index of the first NaN), which is what the oracle defines."""
-    w.line(f"nan{i} = tl.where(mask, tl.where({v.text} != {v.text}, 1, 0), 0)")
-    w.line(f"has_nan{i} = tl.max(nan{i}, axis=1, keep_dims=True) > 0")
+def _propagate_nan(w: KernelWriter, i: int, v: Ix, red: Ix) -> None:
+    """NaN wins as in NumPy and torch (argmax: the index of the first NaN),
+    which is what the oracle defines."""
+    nan = w.fresh(f"nan{i}")
+    w.line(f"{nan} = tl.where(mask & ({v.text} != {v.text}), 1, 0)")
+    has_nan = f"tl.max({nan}, axis=1, keep_dims=True) > 0"
     if w.g.nodes[i].op is Op.ARGMAX:
-        first = f"tl.argmax(nan{i}, axis=1, keep_dims=True)"
-        w.line(f"red{i} = tl.where(has_nan{i}, {first}, red{i})")
+        w.line(f"{red} = tl.where({has_nan}, tl.argmax({nan}, axis=1, keep_dims=True), {red})")
     else:
-        w.line(f'red{i} = tl.where(has_nan{i}, float("nan"), red{i})')
+        w.line(f'{red} = tl.where({has_nan}, float("nan"), {red})')
+
+
+# ---- looped: passes over RBLOCK chunks ----------------------------------------------
+
+def _looped(w: KernelWriter, rs: _Rows) -> None:
+    for group in _passes(w):
+        accs = {i: _acc_init(w, i, rs.n_r) for i in group}
+        full_idx = _chunk_loop(w, rs)
+        for i in group:
+            _acc_update(w, i, accs[i], w.value(w.g.nodes[i].srcs[0], full_idx), rs.n_r)
+        w.pop()
+        for i in group:
+            w.remember(i, rs.row_index(w.shape(i)), _acc_finish(w, i, accs[i], rs.n_r))
+    full_outs = [o for o in w.kernel.outputs if w.shape(o) == rs.full]
+    if full_outs:  # the epilogue: one more pass storing the full-shape values
+        _store(w, rs, full_outs, _chunk_loop(w, rs))
+        w.pop()
+    _store(w, rs, [o for o in w.kernel.outputs if o not in full_outs])
+
+
+def _passes(w: KernelWriter) -> list[list[int]]:
+    """The reductions grouped by pass: one whose operand reads another
+    reduction's result (through any chain of computed values) runs a pass later."""
+    reductions = _reductions(w)
+    finished: dict[int, int] = {}   # node -> passes that must end before it has a value
+    for i in range(max(w.kernel.nodes) + 1):
+        srcs = () if w.is_buffer(i) else w.g.nodes[i].srcs
+        finished[i] = max((finished[s] for s in srcs), default=0) + (i in reductions)
+    groups: list[list[int]] = [[] for _ in range(max(finished[i] for i in reductions))]
+    for i in reductions:
+        groups[finished[i] - 1].append(i)
+    return groups
+
+
+def _chunk_loop(w: KernelWriter, rs: _Rows) -> tuple[Ix, ...]:
+    """Open a loop over the row's chunks (the caller pops it); returns the
+    full-shape index at the chunk's lanes."""
+    w.line(f"for roff in range(0, {rs.n_r}, RBLOCK):")
+    w.push()
+    w.line("r = roff + tl.arange(0, RBLOCK)[None, :]")
+    return _lanes(w, rs)
+
+
+def _acc_init(w: KernelWriter, i: int, n_r: str) -> list[str]:
+    """Per-lane accumulators of reduction i: the running value; for argmax
+    also its index and the index of the first NaN (n_r: none yet)."""
+    n = w.g.nodes[i]
+    dtype = w.dtype(n.srcs[0])
+    acc_t = TL_DTYPE[DType.I32 if dtype is DType.BOOL else dtype]
+    names = [w.fresh(f"acc_{n.op.value}{i}")]
+    w.line(f"{names[0]} = tl.full([XBLOCK, RBLOCK], {identity(n.op, dtype)}, {acc_t})")
+    if n.op is Op.ARGMAX:
+        names.append(w.fresh(f"at{i}"))
+        w.line(f"{names[1]} = tl.zeros([XBLOCK, RBLOCK], tl.int32)")
+        if dtype.is_float:
+            names.append(w.fresh(f"nan_at{i}"))
+            w.line(f"{names[2]} = tl.full([XBLOCK, RBLOCK], {n_r}, tl.int32)")
+    return names
+
+
+def _acc_update(w: KernelWriter, i: int, acc: list[str], v: Ix, n_r: str) -> None:
+    """Fold one chunk into the accumulators. A lane's later chunks hold later
+    indices, so argmax keeps a lane's first maximum by taking strictly greater
+    values only."""
+    n = w.g.nodes[i]
+    dtype = w.dtype(n.srcs[0])
+    ident, a = identity(n.op, dtype), acc[0]
+    if n.op in (Op.SUM, Op.MEAN):
+        w.line(f"{a} += tl.where(mask, {v.text}, {ident})", i)
+    elif n.op is not Op.ARGMAX:
+        nan = f", {NAN}" if dtype.is_float else ""   # the lane remembers a NaN
+        fn = "maximum" if n.op is Op.MAX else "minimum"
+        w.line(f"{a} = tl.{fn}({a}, tl.where(mask, {v.text}, {ident}){nan})", i)
+    else:
+        keep = f"mask & ({v.text} == {v.text})" if dtype.is_float else "mask"
+        cand = w.let(w.fresh(f"cand{i}"), f"tl.where({keep}, {v.text}, {ident})", v.axes)
+        take = w.let(w.fresh(f"take{i}"), f"{cand.text} > {a}", v.axes)
+        w.line(f"{acc[1]} = tl.where({take.text}, r, {acc[1]})")
+        w.line(f"{a} = tl.where({take.text}, {cand.text}, {a})", i)
+        if dtype.is_float:
+            w.line(f"{acc[2]} = tl.minimum({acc[2]}, tl.where(mask & ({v.text} != {v.text}), "
+                   f"r, {n_r}))")
+
+
+def _acc_finish(w: KernelWriter, i: int, acc: list[str], n_r: str) -> Ix:
+    """Combine the lanes into the row's result."""
+    n = w.g.nodes[i]
+    dtype = w.dtype(n.srcs[0])
+    red, a = w.fresh(f"red{i}"), acc[0]
+    if n.op in (Op.SUM, Op.MEAN):
+        mean = f" / {ix.wrap(n_r)}" if n.op is Op.MEAN else ""
+        w.line(f"{red} = tl.sum({a}, axis=1, keep_dims=True){mean}", i)
+    elif n.op is not Op.ARGMAX:
+        finite = f"tl.where({a} == {a}, {a}, {identity(n.op, dtype)})" if dtype.is_float else a
+        w.line(f"{red} = tl.{n.op.value}({finite}, axis=1, keep_dims=True)", i)
+        if dtype.is_float:
+            has_nan = f"tl.max(tl.where({a} != {a}, 1, 0), axis=1, keep_dims=True) > 0"
+            w.line(f'{red} = tl.where({has_nan}, float("nan"), {red})')
+    else:
+        best = f"tl.max({a}, axis=1, keep_dims=True)"
+        w.line(f"{red} = tl.min(tl.where({a} == {best}, {acc[1]}, {n_r}), axis=1, "
+               f"keep_dims=True)", i)
+        if dtype.is_float:
+            first = w.let(w.fresh(f"first_nan{i}"), f"tl.min({acc[2]}, axis=1, keep_dims=True)",
+                          frozenset("x"))
+            w.line(f"{red} = tl.where({first.text} < {n_r}, {first.text}, {red})")
+    return Ix(red, frozenset("x"))
 
 
 # ---- matmul -----------------------------------------------------------------------------
