@@ -22,7 +22,7 @@ triton_rules: dict[Op, str] = {
     Op.NEG: "-{0}", Op.EXP: "tl.exp({0})", Op.LOG: "tl.log({0})", Op.SQRT: "tl.sqrt({0})",
     Op.RSQRT: "tl.rsqrt({0})", Op.ABS: "tl.abs({0})", Op.RELU: f"tl.maximum({{0}}, 0.0, {NAN})",
     Op.SIGMOID: "tl.sigmoid({0})", Op.TANH: "_tanh({0})", Op.ERF: "tl.erf({0})",
-    Op.NOT: "{0} == 0",
+    Op.NOT: "{0} == 0", Op.STOP_GRAD: "{0}",
     Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
     Op.POW: "_pow({0}, {1})", Op.MAXIMUM: f"tl.maximum({{0}}, {{1}}, {NAN})",
     Op.MINIMUM: f"tl.minimum({{0}}, {{1}}, {NAN})", Op.LT: "{0} < {1}", Op.LE: "{0} <= {1}",

@@ -3,11 +3,14 @@
     g = ember.api.compile_file("models/mlp.ember", entry="loss")
     params = ember.api.init_params(g, seed=0)
     outs = ember.api.run(g, {"x": x, "y": y}, params)
+
+    # the loss and its gradients: outs["grad.hidden.w"], ...
+    g = ember.api.compile_file("models/mlp.ember", entry="loss", grad=True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from ember.lang import ast
 from ember.lang.emitter import Options
 from ember.lang.lower import declared_params, lower
 from ember.lang.parser import parse
+from ember.passes.grad import grad as differentiate
 from ember.passes.pipeline import optimize
 from ember.passes.shapes import bind_dims
 from ember.runtime import init, oracle
@@ -44,14 +48,44 @@ def parse_file(path: str | Path) -> ast.Program:
 
 
 def compile_program(program: ast.Program, entry: str = "forward", stage: str = "opt",
-                    options: Options = Options(), dims: Mapping[str, int] | None = None) -> Graph:
-    """Lower one entry of a parsed program and run the pipeline up to `stage`."""
+                    options: Options = Options(), dims: Mapping[str, int] | None = None,
+                    grad: bool = False, grad_inputs: Sequence[str] | bool = ()) -> Graph:
+    """Lower one entry of a parsed program and run the pipeline up to `stage`
+    ("ir", "grad" or "opt"). With grad=True the result also computes the
+    gradient of the entry's first output (a scalar) with respect to every
+    parameter and to `grad_inputs` (True: every float input), as outputs
+    named `grad.<name>`."""
     g = lower(program, entry, options)
     if dims:
         g = bind_dims(g, dims)
-    if stage == "opt":
-        g = optimize(g)
+    if stage == "ir":
+        return verify(g)
+    g = optimize(g)
+    if grad:
+        if grad_inputs is True:
+            grad_inputs = [g.nodes[i].attrs["name"] for i in g.inputs
+                           if g.nodes[i].tensor.dtype.is_float]
+        g = verify(differentiate(g, grad_inputs or ()))
+        if stage == "opt":
+            g = optimize(g)
     return verify(g)
+
+
+def grad_names(g: Graph) -> dict[str, str]:
+    """Output name -> parameter or input name, for the gradient outputs."""
+    return {o: o.removeprefix("grad.") for o in g.output_names if o.startswith("grad.")}
+
+
+def complete_grads(grads: Mapping[str, np.ndarray], program: ast.Program,
+                   options: Options = Options()) -> dict[str, np.ndarray]:
+    """Gradients for the whole state dict: a declared parameter the entry never
+    reads has a zero gradient (torch would leave its .grad as None)."""
+    out = {}
+    for name, (t, _) in declared_params(program, options).items():
+        if t.dtype.is_float:
+            out[name] = np.asarray(grads[name]) if name in grads else np.zeros(
+                tuple(int(d) for d in t.shape), t.dtype.np)
+    return out
 
 
 def compile_file(path: str | Path, entry: str = "forward", **kw: Any) -> Graph:

@@ -46,6 +46,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="f64 runs f32-declared models in float64 (oracle checks)")
     p.add_argument("--dot-precision", choices=DOT_PRECISIONS, default="ieee",
                    help="fp32 tl.dot precision in generated kernels (ieee)")
+    p.add_argument("--grad", action="store_true",
+                   help="also compute the gradient of the entry's scalar output with respect "
+                        "to every parameter (outputs grad.<name>)")
+    p.add_argument("--grad-inputs", action="store_true",
+                   help="with --grad: gradients with respect to the float inputs too")
     p.add_argument("--no-fuse", action="store_true",
                    help="one kernel per operation (to compare with fused code)")
 
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", metavar="FILE.npz", help="inputs by name from a .npz file")
     r.add_argument("--params", metavar="FILE", help="parameters (.npz or .safetensors)")
     r.add_argument("--save-params", metavar="FILE", help="write the parameters used")
+    r.add_argument("--save-grads", metavar="FILE",
+                   help="with --grad: write the gradients keyed by parameter name "
+                        "(.npz or .safetensors); input gradients as input.<name>")
     r.add_argument("--seed", type=int, default=0,
                    help="seed for parameter init, random inputs and dropout (0)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write outputs by name")

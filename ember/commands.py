@@ -18,7 +18,7 @@ from ember.runtime.params_io import check_params, load_params, save_params
 
 from . import api, backends
 
-EMIT_CHOICES = ("ast", "ir", "opt", "kernels", "triton", "report")
+EMIT_CHOICES = ("ast", "ir", "grad", "opt", "kernels", "triton", "report")
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -30,9 +30,11 @@ def compile_cmd(args: argparse.Namespace) -> int:
     if args.emit == "ast":
         print(format_ast(program))
         return 0
-    stage = "ir" if args.emit == "ir" else "opt"
-    g = api.compile_program(program, args.entry, stage, _options(args), args.dims)
-    if args.emit in ("ir", "opt") and not args.target:
+    stage = args.emit if args.emit in ("ir", "grad") else "opt"
+    if stage == "grad" and not args.grad:
+        raise DSLError("--emit grad shows the gradient pass's output: add --grad")
+    g = _compile(program, args, stage)
+    if args.emit in ("ir", "grad", "opt") and not args.target:
         print(print_graph(g))
         return 0
     from .kernel_cmds import compile_kernels
@@ -41,7 +43,7 @@ def compile_cmd(args: argparse.Namespace) -> int:
 
 def run_cmd(args: argparse.Namespace) -> int:
     program = api.parse_file(args.model)
-    g = api.compile_program(program, args.entry, options=_options(args), dims=args.dims)
+    g = _compile(program, args)
     backend, why = backends.choose(args.backend)
     print(f"backend: {why}")
     params = _params(program, args)
@@ -57,7 +59,30 @@ def run_cmd(args: argparse.Namespace) -> int:
     if args.output:
         _save_outputs(args.output, outs)
         print(f"wrote {', '.join(outs)} to {args.output}")
+    if args.save_grads:
+        _save_grads(args, program, g, outs)
     return 1 if failed else 0
+
+
+def _compile(program: ast.Program, args: argparse.Namespace, stage: str = "opt") -> Graph:
+    if getattr(args, "save_grads", None) and not args.grad:
+        raise DSLError("--save-grads needs --grad")
+    if args.grad_inputs and not args.grad:
+        raise DSLError("--grad-inputs needs --grad")
+    return api.compile_program(program, args.entry, stage, _options(args), args.dims,
+                               grad=args.grad, grad_inputs=args.grad_inputs)
+
+
+def _save_grads(args: argparse.Namespace, program: ast.Program, g: Graph,
+                outs: dict[str, np.ndarray]) -> None:
+    """The parameters' gradients keyed like the state dict (then the inputs')."""
+    grads = {name: outs[o] for o, name in api.grad_names(g).items()}
+    inputs = set(g.input_names())
+    params = api.complete_grads({k: v for k, v in grads.items() if k not in inputs}, program,
+                                _options(args))
+    params.update({f"input.{k}": v for k, v in grads.items() if k in inputs})
+    save_params(args.save_grads, params)
+    print(f"saved {len(params)} gradients to {args.save_grads}")
 
 
 def _check(args: argparse.Namespace, g: Graph, inputs: dict[str, np.ndarray],

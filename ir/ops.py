@@ -22,6 +22,7 @@ class Op(Enum):
     FULL = "full"          # a tensor filled with one value; shape may be symbolic
     IOTA = "iota"          # index along one axis (i32); builds masks and one-hots
     RAND = "rand"          # uniform [0, 1) keyed by (seed, stream, loop steps, flat index)
+    DIM = "dim"            # the runtime value of a (symbolic) dimension, as an i32 scalar
 
     # elementwise unary
     NEG = "neg"
@@ -36,6 +37,7 @@ class Op(Enum):
     ERF = "erf"
     CAST = "cast"
     NOT = "not"
+    STOP_GRAD = "stop_grad"  # the identity, whose derivative is zero
 
     # elementwise binary (NumPy broadcasting)
     ADD = "add"
@@ -72,22 +74,29 @@ class Op(Enum):
     CONCAT = "concat"
     INDEX = "index"        # x[..., i, ...] with a runtime scalar i (drops the axis)
     GATHER = "gather"      # table[ids]: embedding lookup along axis 0
+    PAD = "pad"            # zeros around (lows/highs, negative crops) and between (interiors)
+    FLIP = "flip"          # reverse the order along `axes`
 
     # compute
     MATMUL = "matmul"
     CONV2D = "conv2d"
     MAX_POOL2D = "max_pool2d"
     AVG_POOL2D = "avg_pool2d"
+    MAX_POOL2D_GRAD = "max_pool2d_grad"  # (x, dy) -> dx: dy routed to each window's first max
 
-    # structure: regions holding a body Graph; results are read with GET
+    # structure: regions holding a body Graph; results are read with GET.
+    # LOOP is a scan: srcs (carries, xs, captured); the body takes (t, carries,
+    # x_t, captured) and returns (carries, y_t); the node yields (carries, ys)
+    # with each ys stacked as [length, ...]. With reverse=True, t runs from
+    # length - 1 down to 0 and the body still sees the forward index t.
     CALL = "call"
     LOOP = "loop"
     GET = "get"
 
 
-LEAF = frozenset({Op.INPUT, Op.PARAM, Op.CONST, Op.FULL, Op.IOTA, Op.RAND})
+LEAF = frozenset({Op.INPUT, Op.PARAM, Op.CONST, Op.FULL, Op.IOTA, Op.RAND, Op.DIM})
 UNARY = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RSQRT, Op.ABS, Op.RELU,
-                   Op.SIGMOID, Op.TANH, Op.ERF, Op.CAST, Op.NOT})
+                   Op.SIGMOID, Op.TANH, Op.ERF, Op.CAST, Op.NOT, Op.STOP_GRAD})
 COMPARE = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})
 LOGICAL = frozenset({Op.AND, Op.OR})
 BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM,
@@ -95,5 +104,5 @@ BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM,
 ELEMENTWISE = UNARY | BINARY | {Op.WHERE}
 REDUCE = frozenset({Op.SUM, Op.MEAN, Op.MAX, Op.MIN, Op.ARGMAX})
 MOVEMENT = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.CONCAT,
-                      Op.INDEX, Op.GATHER})
-COMPUTE = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D})
+                      Op.INDEX, Op.GATHER, Op.PAD, Op.FLIP})
+COMPUTE = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D, Op.MAX_POOL2D_GRAD})

@@ -48,6 +48,8 @@ def _unary(ins: list[TensorType], attrs: dict[str, Any], op: Op) -> TensorType:
     (x,) = ins
     if op is Op.CAST:
         return _t(x.shape, attrs["dtype"])
+    if op is Op.STOP_GRAD:
+        return x
     if op is Op.NOT:
         _expect_dtype(op, x, DType.BOOL)
     elif op in (Op.NEG, Op.ABS):
@@ -124,6 +126,10 @@ def _const(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return _t((), attrs["dtype"])
 
 
+def _dim(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return _t((), DType.I32)
+
+
 def _rand(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     # operands, if any, are the counters of the enclosing loops: one mask per step
     if any(t.shape != () or not t.dtype.is_int for t in ins):
@@ -169,6 +175,32 @@ def _slice(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     (x,) = ins
     parts = zip(x.shape, attrs["starts"], attrs["stops"], attrs["steps"], strict=True)
     return _t(tuple(slice_length(*p) for p in parts), x.dtype)
+
+
+def pad_length(size: Dim, low: int, high: int, interior: int) -> Dim:
+    """Length after `interior` zeros between elements and `low`/`high` at the ends."""
+    if (low, high, interior) == (0, 0, 0):
+        return size
+    if not isinstance(size, int):
+        raise ShapeError(f"padding a symbolic dimension {size} is not supported")
+    out = size + low + high + interior * max(size - 1, 0)
+    if out < 0 or interior < 0:
+        raise ShapeError(f"padding ({low}, {high}, interior {interior}) of a dimension of "
+                         f"size {size} leaves a negative size")
+    return out
+
+
+def _pad(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = ins
+    parts = zip(x.shape, attrs["lows"], attrs["highs"], attrs["interiors"], strict=True)
+    return _t(tuple(pad_length(*p) for p in parts), x.dtype)
+
+
+def _flip(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = ins
+    if attrs["axes"] != normalize_axes(attrs["axes"], x.rank):
+        raise ShapeError(f"flip axes must be sorted and non-negative, found {attrs['axes']}")
+    return x
 
 
 def _concat(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -262,9 +294,23 @@ def _pool(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return _t((x.shape[0], x.shape[1], oh, ow), x.dtype)
 
 
+def _pool_grad(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, dy = ins
+    if _pool([x], attrs) != dy:
+        raise ShapeError(f"max_pool2d_grad: the gradient {dy} does not match the pooled {x}")
+    return x
+
+
 def _region(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
     body = attrs["body"]
     return tuple(body[o].tensor for o in body.outputs)
+
+
+def _scan(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
+    """A scan yields its final carries, then each per-step output stacked [length, ...]."""
+    body, k = attrs["body"], attrs["n_carry"]
+    outs = [body[o].tensor for o in body.outputs]
+    return (*outs[:k], *(_t((attrs["length"], *t.shape), t.dtype) for t in outs[k:]))
 
 
 def _get(ins: list[Type], attrs: dict[str, Any]) -> Type:
@@ -276,13 +322,14 @@ def _get(ins: list[Type], attrs: dict[str, Any]) -> Type:
 
 shape_rules: dict[Op, Any] = {
     Op.INPUT: _leaf, Op.PARAM: _leaf, Op.FULL: _leaf, Op.CONST: _const,
-    Op.IOTA: _leaf, Op.RAND: _rand,
+    Op.IOTA: _leaf, Op.RAND: _rand, Op.DIM: _dim,
     **{op: (lambda ins, attrs, op=op: _unary(ins, attrs, op)) for op in UNARY},
     **{op: (lambda ins, attrs, op=op: _binary(ins, attrs, op)) for op in BINARY},
     Op.WHERE: _where,
     **{op: (lambda ins, attrs, op=op: _reduce(ins, attrs, op)) for op in REDUCE},
     Op.RESHAPE: _reshape, Op.PERMUTE: _permute, Op.EXPAND: _expand, Op.SLICE: _slice,
-    Op.CONCAT: _concat, Op.INDEX: _index, Op.GATHER: _gather,
+    Op.CONCAT: _concat, Op.INDEX: _index, Op.GATHER: _gather, Op.PAD: _pad, Op.FLIP: _flip,
     Op.MATMUL: _matmul, Op.CONV2D: _conv2d, Op.MAX_POOL2D: _pool, Op.AVG_POOL2D: _pool,
-    Op.CALL: _region, Op.LOOP: _region, Op.GET: _get,
+    Op.MAX_POOL2D_GRAD: _pool_grad,
+    Op.CALL: _region, Op.LOOP: _scan, Op.GET: _get,
 }

@@ -4,8 +4,10 @@ Checks the invariants every pass must keep: single assignment in topological
 order (srcs name earlier nodes only), inputs are INPUT nodes, outputs exist,
 and every node's type is what its shape rule says. Region bodies are checked
 recursively, and against their node: a CALL's body takes exactly its srcs; a
-LOOP's body takes the step counter (i32[]), then the carried values, then the
-captured ones, and returns new carried values of the same types.
+LOOP (scan) body takes the step counter (i32[]), the carried values, one step
+of each per-step input (xs without their leading [length] axis), then the
+captured ones, and returns new carried values of the same types, then its
+per-step outputs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .dtypes import DType
-from .graph import Graph, ShapeError, TensorType
+from .graph import Graph, Node, ShapeError, TensorType, Type
 from .ops import Op
 from .shapes import shape_rules
 
@@ -72,19 +74,30 @@ def _check_region(g: Graph, i: int) -> None:
     where = f"{g.name}: %{i} ({n.op.value})"
     passed = [g.nodes[s].type for s in n.srcs]
     if n.op is Op.LOOP:
-        k = n.attrs.get("n_carry", -1)
-        if k != len(body.outputs) or k > len(n.srcs):
-            raise VerifyError(f"{where} carries n_carry={k} values, but has {len(n.srcs)} srcs "
-                              f"and its body returns {len(body.outputs)}")
-        outs = [body.nodes[o].type for o in body.outputs]
-        if outs != passed[:k]:
-            raise VerifyError(f"{where} carries {_types(passed[:k])} but its body returns "
-                              f"{_types(outs)}")
-        passed = [TensorType((), DType.I32), *passed]
+        passed = _scan_passes(n, passed, body, where)
     received = [body.nodes[b].type for b in body.inputs]
     if received != passed:
         raise VerifyError(f"{where} passes {_types(passed)} but its body takes "
                           f"{_types(received)}")
+
+
+def _scan_passes(n: Node, passed: list[Type], body: Graph, where: str) -> list[Type]:
+    """What a scan's body must take, after checking its carries and xs."""
+    k, nx = n.attrs.get("n_carry", -1), n.attrs.get("n_xs", 0)
+    if not 0 <= k <= len(body.outputs) or k + nx > len(n.srcs):
+        raise VerifyError(f"{where} has n_carry={k}, n_xs={nx} but {len(n.srcs)} srcs "
+                          f"and its body returns {len(body.outputs)}")
+    outs = [body.nodes[o].type for o in body.outputs[:k]]
+    if outs != passed[:k]:
+        raise VerifyError(f"{where} carries {_types(passed[:k])} but its body returns "
+                          f"{_types(outs)}")
+    steps = []
+    for t in passed[k:k + nx]:
+        if not isinstance(t, TensorType) or not t.shape or t.shape[0] != n.attrs["length"]:
+            raise VerifyError(f"{where}: per-step input {t} is not stacked along its length "
+                              f"{n.attrs['length']}")
+        steps.append(TensorType(t.shape[1:], t.dtype))
+    return [TensorType((), DType.I32), *passed[:k], *steps, *passed[k + nx:]]
 
 
 def _types(ts: Sequence[object]) -> str:

@@ -350,8 +350,11 @@ def softmax(em: Any, loc: Loc, x: Any, axis: int = -1) -> Tensor:
 
 
 def _center(em: Any, x: Tensor, ax: tuple[int, ...], loc: Loc) -> Tensor:
-    """x - max(x): the shift that keeps exp from overflowing."""
-    return em.add(Op.SUB, (x, _reduce(em, Op.MAX, x, ax, loc)), {}, loc)
+    """x - max(x): the shift that keeps exp from overflowing. It cancels out of
+    the result, so its derivative is zero: stop_grad says so exactly rather than
+    leaving the backward pass to cancel two rounded terms."""
+    shift = em.add(Op.STOP_GRAD, (_reduce(em, Op.MAX, x, ax, loc),), {}, loc)
+    return em.add(Op.SUB, (x, shift), {}, loc)
 
 
 @builtin

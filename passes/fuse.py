@@ -38,7 +38,7 @@ from ember.ir.ops import COMPUTE, ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
 from .patterns import find_matches
 
 ANCHORS = COMPUTE | REDUCE
-FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND}) | MOVEMENT
+FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND, Op.DIM}) | MOVEMENT
 
 
 @dataclass
@@ -68,7 +68,8 @@ class Plan:
         return None if k is None else self.kernels[k]
 
 
-KIND = {Op.MATMUL: "matmul", Op.CONV2D: "conv", Op.MAX_POOL2D: "pool", Op.AVG_POOL2D: "pool"}
+KIND = {Op.MATMUL: "matmul", Op.CONV2D: "conv", Op.MAX_POOL2D: "pool", Op.AVG_POOL2D: "pool",
+        Op.MAX_POOL2D_GRAD: "pool_grad"}
 
 
 def fuse(g: Graph, enabled: bool = True) -> Plan:

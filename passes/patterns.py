@@ -91,10 +91,11 @@ def _softmax(g: Graph, p: int) -> tuple[int, list[int]] | None:
     d = g.nodes[e].srcs[0]
     if g.nodes[d].op is not Op.SUB:
         return None
-    x, mx = g.nodes[d].srcs
+    x, shift = g.nodes[d].srcs
+    mx = g.nodes[shift].srcs[0] if g.nodes[shift].op is Op.STOP_GRAD else shift
     if _last_axis_reduce(g, mx, Op.MAX) != x:
         return None
-    return x, [mx, d, e, z]
+    return x, sorted({mx, shift, d, e, z})
 
 
 def _score_chain(g: Graph, x: int) -> tuple[list[int], int | None]:

@@ -1,6 +1,8 @@
 """NumPy definitions of the windowed ops: conv2d (NCHW, stride, padding,
 dilation, groups), max_pool2d (padding counts as -inf) and avg_pool2d
-(padding counts as zeros in the average, as torch's count_include_pad=True)."""
+(padding counts as zeros in the average, as torch's count_include_pad=True),
+and max_pool2d_grad, which routes each window's gradient to the first maximum
+of the window in row-major order, as torch does (ties and NaN included)."""
 
 from __future__ import annotations
 
@@ -37,3 +39,18 @@ def max_pool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
 def avg_pool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
                padding: tuple[int, int]) -> np.ndarray:
     return _windows(x, kernel, stride, padding, (1, 1), 0.0).mean(axis=(-2, -1))
+
+
+def max_pool2d_grad(x: np.ndarray, dy: np.ndarray, kernel: tuple[int, int],
+                    stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
+    win = _windows(x, kernel, stride, padding, (1, 1), -np.inf)
+    n, c, oh, ow, kh, kw = win.shape
+    first = win.reshape(n, c, oh, ow, kh * kw).argmax(axis=-1)  # first max (NaN counts as max)
+    (sh, sw), (ph, pw) = stride, padding
+    rows = np.arange(oh)[:, None] * sh - ph + first // kw
+    cols = np.arange(ow)[None, :] * sw - pw + first % kw
+    dx = np.zeros(x.shape, dy.dtype)
+    nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    idx = (nn[..., None, None], cc[..., None, None], rows, cols)
+    np.add.at(dx, idx, dy)  # overlapping windows may pick one input more than once
+    return dx

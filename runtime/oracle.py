@@ -21,7 +21,8 @@ from ember.ir.graph import Graph, Node, TensorType
 from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 
-from .nn_ops import avg_pool2d, conv2d, max_pool2d
+from .bounds import out_of_range
+from .nn_ops import avg_pool2d, conv2d, max_pool2d, max_pool2d_grad
 from .rand import stream_seed, uniform
 
 
@@ -135,21 +136,66 @@ def _slice(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
 def _gather(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
     table, ids = a
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        raise DSLError(f"embedding ids must be in [0, {table.shape[0]}), found values in "
-                       f"[{ids.min()}, {ids.max()}]", n.loc)
+        raise DSLError(out_of_range("gather", table.shape[0], ids.min(), ids.max()), n.loc)
     return table[ids]
+
+
+def _index(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    x, k, axis = a[0], int(a[1]), n.attrs["axis"]
+    if not 0 <= k < x.shape[axis]:  # a runtime index never counts from the end
+        raise DSLError(out_of_range("index", x.shape[axis], k, k), n.loc)
+    return np.take(x, k, axis=axis)
 
 
 def _call(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
     return tuple(run_graph(n.attrs["body"], a, ctx))
 
 
+def _pad(n: Node, a: list[Any], ctx: Ctx) -> np.ndarray:
+    x = a[0]
+    for ax, (lo, hi, mid) in enumerate(zip(n.attrs["lows"], n.attrs["highs"],
+                                           n.attrs["interiors"])):
+        x = _pad_axis(x, ax, lo, hi, mid)
+    return x
+
+
+def _pad_axis(x: np.ndarray, ax: int, lo: int, hi: int, mid: int) -> np.ndarray:
+    """Zeros between elements (mid), then at the ends; a negative end crops."""
+    size = x.shape[ax]
+    spread = size + mid * max(size - 1, 0)
+    shape = list(x.shape)
+    shape[ax] = spread + max(lo, 0) + max(hi, 0)
+    out = np.zeros(shape, x.dtype)
+    at = [slice(None)] * x.ndim
+    at[ax] = slice(max(lo, 0), max(lo, 0) + spread, mid + 1)
+    out[tuple(at)] = x
+    at[ax] = slice(max(-lo, 0), shape[ax] - max(-hi, 0))
+    return out[tuple(at)]
+
+
 def _loop(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
-    k = n.attrs["n_carry"]
-    carry, captured = list(a[:k]), list(a[k:])
-    for t in range(dims.bind(n.attrs["length"], ctx.dims)):
-        carry = run_graph(n.attrs["body"], [np.int32(t), *carry, *captured], ctx)
-    return tuple(carry)
+    """A scan: carries threaded through the steps, xs read and ys stacked per step."""
+    k, nx = n.attrs["n_carry"], n.attrs.get("n_xs", 0)
+    carry, xs, captured = list(a[:k]), a[k:k + nx], list(a[k + nx:])
+    length = dims.bind(n.attrs["length"], ctx.dims)
+    steps = range(length - 1, -1, -1) if n.attrs.get("reverse") else range(length)
+    ys: list[list[Any]] = []
+    for t in steps:
+        outs = run_graph(n.attrs["body"], [np.int32(t), *carry, *(x[t] for x in xs), *captured],
+                         ctx)
+        carry = outs[:k]
+        ys.append(outs[k:])
+    if n.attrs.get("reverse"):
+        ys.reverse()
+    return (*carry, *_stack(n, ys, length, ctx))
+
+
+def _stack(n: Node, ys: list[list[Any]], length: int, ctx: Ctx) -> list[np.ndarray]:
+    body = n.attrs["body"]
+    types = [body.nodes[o].tensor for o in body.outputs[n.attrs["n_carry"]:]]
+    return [np.stack([step[j] for step in ys]) if length else
+            np.zeros((0, *dims.bind_shape(t.shape, ctx.dims)), t.dtype.np)
+            for j, t in enumerate(types)]
 
 
 eval_rules: dict[Op, Rule] = {
@@ -159,6 +205,8 @@ eval_rules: dict[Op, Rule] = {
     Op.FULL: lambda n, a, ctx: np.full(_shape(n, ctx), n.attrs["value"], n.attrs["dtype"].np),
     Op.IOTA: _iota,
     Op.RAND: _rand,
+    Op.DIM: lambda n, a, ctx: np.int32(dims.bind(n.attrs["dim"], ctx.dims)),
+    Op.STOP_GRAD: _np(np.copy),
     Op.NEG: _np(np.negative), Op.EXP: _np(np.exp), Op.LOG: _np(np.log),
     Op.SQRT: _np(np.sqrt), Op.RSQRT: _np(lambda x: 1 / np.sqrt(x)), Op.ABS: _np(np.abs),
     Op.RELU: _np(lambda x: np.maximum(x, 0)),
@@ -179,12 +227,15 @@ eval_rules: dict[Op, Rule] = {
     Op.EXPAND: lambda n, a, ctx: np.broadcast_to(a[0], _shape(n, ctx)),
     Op.SLICE: _slice,
     Op.CONCAT: lambda n, a, ctx: np.concatenate(a, axis=n.attrs["axis"]),
-    Op.INDEX: lambda n, a, ctx: np.take(a[0], int(a[1]), axis=n.attrs["axis"]),
+    Op.INDEX: _index,
     Op.GATHER: _gather,
+    Op.PAD: _pad,
+    Op.FLIP: lambda n, a, ctx: np.flip(a[0], n.attrs["axes"]),
     Op.MATMUL: _np(np.matmul),
     Op.CONV2D: lambda n, a, ctx: conv2d(*a, **n.attrs),
     Op.MAX_POOL2D: lambda n, a, ctx: max_pool2d(a[0], **n.attrs),
     Op.AVG_POOL2D: lambda n, a, ctx: avg_pool2d(a[0], **n.attrs),
+    Op.MAX_POOL2D_GRAD: lambda n, a, ctx: max_pool2d_grad(*a, **n.attrs),
     Op.CALL: _call, Op.LOOP: _loop,
     Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
 }

@@ -200,10 +200,10 @@ def _loop_body(carry: tuple[Any, ...], out: tuple[Any, ...], step: bool = True) 
     return b.build((*ins, h), (y,), ("h",))
 
 
-def _loop(body: Graph, n_carry: int = 1) -> Graph:
+def _loop(body: Graph, n_carry: int = 1, n_xs: int = 0) -> Graph:
     b = Builder("g")
     x = inp(b, "x", (2, 3))
-    loop = b.add(Op.LOOP, (x,), {"length": 5, "n_carry": n_carry, "body": body})
+    loop = b.add(Op.LOOP, (x,), {"length": 5, "n_carry": n_carry, "n_xs": n_xs, "body": body})
     return b.build((x,), (b.add(Op.GET, (loop,), {"index": 0}),))
 
 
@@ -221,9 +221,12 @@ def test_verifier_accepts_a_loop() -> None:
     pytest.param(_loop(_loop_body((3, 2), (3, 2))),
                  "g: %1 (loop) carries (f32[2, 3]) but its body returns (f32[3, 2])",
                  id="carry-init-type"),
-    pytest.param(_loop(_loop_body((2, 3), (2, 3)), n_carry=0),
-                 "g: %1 (loop) carries n_carry=0 values, but has 1 srcs and its body returns 1",
+    pytest.param(_loop(_loop_body((2, 3), (2, 3)), n_carry=2),
+                 "g: %1 (loop) has n_carry=2, n_xs=0 but 1 srcs and its body returns 1",
                  id="n-carry"),
+    pytest.param(_loop(_loop_body((2, 3), (2, 3)), n_carry=0, n_xs=1),
+                 "g: %1 (loop): per-step input f32[2, 3] is not stacked along its length 5",
+                 id="xs-not-stacked"),
 ])
 def test_verifier_checks_loops(g: Graph, message: str) -> None:
     with pytest.raises(VerifyError) as info:

@@ -1,0 +1,229 @@
+"""Backpropagation through time: the VJP of a scan (LOOP).
+
+The forward scan is copied with extra per-step outputs, its *residuals*. The
+rematerialization policy: save what is expensive to recompute, the carries
+each step starts from and the results of its matmul and conv nodes; recompute
+everything else (elementwise chains such as an LSTM's gate activations) in
+the backward step from those.
+
+The backward pass is a reversed scan over the same steps, whose body still
+sees the forward index t (so `x[:, t, :]` and dropout masks are the same):
+it carries the cotangents of the forward carries, takes the residuals, the
+cotangents of the per-step outputs and the forward xs as its own xs,
+recomputes the forward step and backpropagates through it. A captured value's
+(a weight's) gradient that is a matmul `A^T @ D` of per-step values is not
+accumulated step by step: A and D leave the loop stacked and are multiplied
+once afterwards, one GEMM over all steps (cuDNN's dW_hh = sum_t h_{t-1}^T
+dgates_t as a single [H, T*B] x [T*B, 4H] matmul). Other contributions are
+summed in extra carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ember.ir import dims
+from ember.ir.dtypes import DType
+from ember.ir.graph import Builder, Graph, Node, TensorType
+from ember.ir.ops import Op
+
+from .vjp import Ct, Emit
+
+SAVED_OPS = frozenset({Op.MATMUL, Op.CONV2D})
+
+
+def scan_is_active(n: Node, src_active: Sequence[bool]) -> bool:
+    return any(src_active)
+
+
+def body_activity(n: Node, src_active: Sequence[bool]) -> set[int]:
+    """Active nodes of a scan's body: a carry becomes active once any step
+    makes it depend on an active value, so iterate to a fixed point."""
+    from .grad import activity
+    body, k = n.attrs["body"], n.attrs["n_carry"]
+    seeds = {body.inputs[1 + j] for j, a in enumerate(src_active) if a}
+    while True:
+        act = activity(body, seeds)
+        grow = {body.inputs[1 + j] for j in range(k) if body.outputs[j] in act} - seeds
+        if not grow:
+            return act
+        seeds |= grow
+
+
+def residuals(n: Node, act: set[int]) -> list[int]:
+    """Body nodes the forward scan saves per step: every carry it starts from,
+    and its active matmul and conv results."""
+    body, k = n.attrs["body"], n.attrs["n_carry"]
+    saved = [i for i, m in enumerate(body.nodes) if m.op in SAVED_OPS and i in act]
+    return list(body.inputs[1:1 + k]) + saved
+
+
+def save_residuals(b: Builder, n: Node, srcs: tuple[int, ...], src_active: Sequence[bool]) -> int:
+    """The forward scan, with its residuals as extra per-step outputs."""
+    body: Graph = n.attrs["body"]
+    keep = residuals(n, body_activity(n, src_active))
+    aug = Graph(body.name, body.nodes, body.inputs, body.outputs + tuple(keep),
+                body.output_names + tuple(f"saved{i}" for i in keep))
+    return b.add(Op.LOOP, srcs, {**n.attrs, "body": aug}, n.loc)
+
+
+@dataclass
+class _Backward:
+    """The backward body under construction, with its inputs in their groups."""
+
+    bb: Builder
+    carries: list[int] = field(default_factory=list)
+    xs: list[int] = field(default_factory=list)
+    captured: list[int] = field(default_factory=list)
+
+    def input(self, group: list[int], name: str, t: TensorType) -> int:
+        i = self.bb.add(Op.INPUT, (), {"name": name, "shape": t.shape, "dtype": t.dtype})
+        group.append(i)
+        return i
+
+
+def scan_vjp(b: Builder, n: Node, fwd: int, srcs: list[int], out_cts: dict[int, int],
+             src_active: Sequence[bool]) -> list[Ct]:
+    """Cotangents of a scan's srcs, given those of its results (by index)."""
+    from .grad import backprop, copy_forward, total
+    body: Graph = n.attrs["body"]
+    k, nx = n.attrs["n_carry"], n.attrs.get("n_xs", 0)
+    act = body_activity(n, src_active)
+    keep = residuals(n, act)
+    carry_in, x_in = body.inputs[1:1 + k], body.inputs[1 + k:1 + k + nx]
+    cap_in = body.inputs[1 + k + nx:]
+    name = _namer(body)
+    bw = _Backward(Builder(f"{body.name}_grad"))
+    t = bw.input([], "t", TensorType((), DType.I32))
+    act_carry = [j for j in range(k) if carry_in[j] in act]
+    dcar = [bw.input(bw.carries, f"d_{name(carry_in[j])}", body[carry_in[j]].tensor)
+            for j in act_carry]
+    res = {i: bw.input(bw.xs, f"saved_{name(i)}", body[i].tensor) for i in keep}
+    ys_ct = [j for j in range(len(body.outputs) - k) if k + j in out_cts]
+    dys = [bw.input(bw.xs, f"d_{body.output_names[k + j]}", body[body.outputs[k + j]].tensor)
+           for j in ys_ct]
+    xin = [bw.input(bw.xs, name(x), body[x].tensor) for x in x_in]
+    caps = [bw.input(bw.captured, name(c), body[c].tensor) for c in cap_in]
+    given = {body.inputs[0]: t, **dict(zip(x_in, xin)), **dict(zip(cap_in, caps)), **res}
+    vals = copy_forward(bw.bb, body, act, given)
+    seeds: dict[int, list[int]] = {}
+    for j, d in [*zip(act_carry, dcar), *((k + j, d) for j, d in zip(ys_ct, dys))]:
+        seeds.setdefault(body.outputs[j], []).append(d)
+    cts = backprop(bw.bb, body, vals, seeds, act)
+
+    e = Emit(bw.bb, n.loc)
+    outs = [total(e, cts.get(carry_in[j], []), body[carry_in[j]]) for j in act_carry]
+    stacked = {**{res[i]: m for m, i in enumerate(keep)}, **{x: ~m for m, x in enumerate(xin)}}
+    plan = _CapturedPlan(bw.bb, cap_in, cts, act, stacked)
+    acc_in = [bw.input(bw.carries, f"acc_{name(cap_in[j])}", body[cap_in[j]].tensor)
+              for j in plan.accumulated]
+    outs += [e(Op.ADD, a, total(e, plan.others[j], body[cap_in[j]]))
+             for a, j in zip(acc_in, plan.accumulated)]
+    act_xs = [j for j, x in enumerate(x_in) if x in act]
+    outs += [total(e, cts.get(x_in[j], []), body[x_in[j]]) for j in act_xs]
+    outs += plan.stacked_outputs
+    names = [f"out{m}" for m in range(len(outs))]
+    graph = bw.bb.build((t, *bw.carries, *bw.xs, *bw.captured), tuple(outs), tuple(names))
+
+    oe = Emit(b, n.loc)
+    n_res = len(body.outputs)
+    init = [out_cts.get(j) or oe.zeros(body[carry_in[j]].tensor) for j in act_carry]
+    init += [oe.zeros(body[cap_in[j]].tensor) for j in plan.accumulated]
+    xs = [oe(Op.GET, fwd, index=n_res + m) for m in range(len(keep))]
+    xs += [out_cts[k + j] for j in ys_ct] + list(srcs[k:k + nx])
+    loop = b.add(Op.LOOP, (*init, *xs, *srcs[k + nx:]),
+                 {"length": n.attrs["length"], "n_carry": len(init), "n_xs": len(xs),
+                  "reverse": not n.attrs.get("reverse", False), "body": graph}, n.loc)
+    result = [oe(Op.GET, loop, index=m) for m in range(len(outs))]
+    src_cts: list[Ct] = [None] * len(srcs)
+    for m, j in enumerate(act_carry):
+        src_cts[j] = result[m]
+    for m, j in enumerate(plan.accumulated):
+        src_cts[k + nx + j] = result[len(act_carry) + m]
+    at = len(act_carry) + len(plan.accumulated)
+    for m, j in enumerate(act_xs):
+        src_cts[k + j] = result[at + m]
+    at += len(act_xs)
+    for j, gemms in plan.gemms.items():
+        for a_ref, d_ref in gemms:
+            stack_a = _stack_ref(oe, a_ref, result, at, xs, srcs[k:k + nx])
+            stack_d = _stack_ref(oe, d_ref, result, at, xs, srcs[k:k + nx])
+            term = _gemm_over_steps(oe, stack_a, stack_d)
+            prev = src_cts[k + nx + j]
+            src_cts[k + nx + j] = term if prev is None else oe(Op.ADD, prev, term)
+    return src_cts
+
+
+def _namer(body: Graph) -> Callable[[int], str]:
+    return lambda i: str(body[i].attrs.get("name", f"v{i}"))
+
+
+# A reference to a stacked per-step value: ("res", m) a forward residual,
+# ("x", m) a forward xs, ("y", m) an output of the backward scan.
+Ref = tuple[str, int]
+
+
+class _CapturedPlan:
+    """How each captured value's gradient leaves the backward scan: as GEMMs
+    of stacked per-step operands after the loop, or summed in a carry."""
+
+    def __init__(self, bb: Builder, cap_in: Sequence[int], cts: dict[int, list[int]],
+                 act: set[int], stacked: dict[int, int]) -> None:
+        self.accumulated: list[int] = []
+        self.others: dict[int, list[int]] = {}
+        self.gemms: dict[int, list[tuple[Ref, Ref]]] = {}
+        self.stacked_outputs: list[int] = []
+        self._stacked, self._bb = stacked, bb
+        for j, c in enumerate(cap_in):
+            if c in act and cts.get(c):
+                self._split(j, cts[c])
+
+    def _split(self, j: int, parts: list[int]) -> None:
+        others = []
+        for p in parts:
+            pair = _transposed_matmul(self._bb, p)
+            if pair is None:
+                others.append(p)
+            else:
+                self.gemms.setdefault(j, []).append((self._ref(pair[0]), self._ref(pair[1])))
+        if others:
+            self.accumulated.append(j)
+            self.others[j] = others
+
+    def _ref(self, i: int) -> Ref:
+        m = self._stacked.get(i)
+        if m is not None:
+            return ("res", m) if m >= 0 else ("x", ~m)
+        self.stacked_outputs.append(i)
+        return ("y", len(self.stacked_outputs) - 1)
+
+
+def _transposed_matmul(bb: Builder, p: int) -> tuple[int, int] | None:
+    """(A, D) if node p is `permute(A, (1, 0)) @ D` with A, D of rank 2."""
+    m = bb.nodes[p]
+    if m.op is not Op.MATMUL:
+        return None
+    at, d = m.srcs
+    if bb.nodes[at].op is not Op.PERMUTE or bb.nodes[at].attrs["perm"] != (1, 0):
+        return None
+    a = bb.nodes[at].srcs[0]
+    return (a, d) if len(bb.type_of(d).shape) == 2 else None
+
+
+def _stack_ref(e: Emit, ref: Ref, result: list[int], at: int, res_xs: list[int],
+               fwd_xs: Sequence[int]) -> int:
+    kind, m = ref
+    if kind == "res":
+        return res_xs[m]
+    if kind == "x":
+        return fwd_xs[m]
+    return result[at + m]
+
+
+def _gemm_over_steps(e: Emit, stack_a: int, stack_d: int) -> int:
+    """sum_t A_t^T @ D_t as one matmul: [K, T*B] @ [T*B, N]."""
+    (length, rows, k), n = e.shape(stack_a), e.shape(stack_d)[-1]
+    flat = dims.mul(length, rows)
+    a = e.permute(e.reshape(stack_a, (flat, k)), (1, 0))
+    return e(Op.MATMUL, a, e.reshape(stack_d, (flat, n)))
