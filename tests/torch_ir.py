@@ -153,13 +153,64 @@ def _call(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
     return tuple(_run(n.attrs["body"], a, ctx))
 
 
+def _pad(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    x = a[0]
+    for ax, widths in enumerate(zip(n.attrs["lows"], n.attrs["highs"], n.attrs["interiors"])):
+        x = _pad_axis(x, ax, *widths)
+    return x
+
+
+def _pad_axis(x: torch.Tensor, ax: int, lo: int, hi: int, mid: int) -> torch.Tensor:
+    """Interleave `mid` zeros after each element (dropping the trailing ones), add
+    zeros at the ends, then crop the negative ends: all out of place."""
+    size = x.shape[ax]
+    if mid:
+        z = x.unsqueeze(ax + 1)
+        gaps = torch.zeros_like(z).expand(*z.shape[:ax + 1], mid, *z.shape[ax + 2:])
+        x = torch.cat([z, gaps], ax + 1).flatten(ax, ax + 1)
+        x = x.narrow(ax, 0, size + mid * max(size - 1, 0))
+    shape = list(x.shape)
+    ends = []
+    for width in (max(lo, 0), max(hi, 0)):
+        shape[ax] = width
+        ends.append(torch.zeros(shape, dtype=x.dtype))
+    x = torch.cat([ends[0], x, ends[1]], ax)
+    return x.narrow(ax, max(-lo, 0), x.shape[ax] - max(-lo, 0) - max(-hi, 0))
+
+
+def _pool_grad(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
+    """Each window's gradient goes to the input torch's max_pool2d picked."""
+    x, dy = a
+    at = n.attrs
+    _, picked = F.max_pool2d(x, at["kernel"], at["stride"], at["padding"], return_indices=True)
+    flat = torch.zeros(*x.shape[:2], x.shape[2] * x.shape[3], dtype=dy.dtype)
+    flat = flat.scatter_add(2, picked.flatten(2), dy.flatten(2))
+    return flat.reshape(x.shape)
+
+
 def _loop(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
-    k = n.attrs["n_carry"]
-    carry, captured = list(a[:k]), list(a[k:])
-    for step in range(dims.bind(n.attrs["length"], ctx.dims)):
+    """A scan: carries threaded through the steps; xs read and ys stacked per step."""
+    k, nx = n.attrs["n_carry"], n.attrs.get("n_xs", 0)
+    carry, xs, captured = list(a[:k]), a[k:k + nx], list(a[k + nx:])
+    length = dims.bind(n.attrs["length"], ctx.dims)
+    steps = range(length)
+    if n.attrs.get("reverse"):
+        steps = steps[::-1]
+    ys: dict[int, list[Any]] = {}
+    for step in steps:
         counter = torch.tensor(step, dtype=torch.int32)
-        carry = _run(n.attrs["body"], [counter, *carry, *captured], ctx)
-    return tuple(carry)
+        outs = _run(n.attrs["body"], [counter, *carry, *(x[step] for x in xs), *captured], ctx)
+        carry, ys[step] = outs[:k], outs[k:]
+    return (*carry, *_stacked(n, [ys[t] for t in range(length)], ctx))
+
+
+def _stacked(n: Node, ys: list[list[Any]], ctx: Ctx) -> list[torch.Tensor]:
+    body = n.attrs["body"]
+    types = [body.nodes[o].tensor for o in body.outputs[n.attrs["n_carry"]:]]
+    if ys:
+        return [torch.stack([step[j] for step in ys]) for j in range(len(types))]
+    return [torch.zeros((0, *dims.bind_shape(t.shape, ctx.dims)), dtype=TORCH_DTYPE[t.dtype])
+            for t in types]
 
 
 torch_rules: dict[Op, TorchRule] = {
@@ -169,6 +220,8 @@ torch_rules: dict[Op, TorchRule] = {
     Op.FULL: lambda n, a, ctx: torch.full(_shape(n, ctx), n.attrs["value"], dtype=_dtype(n)),
     Op.IOTA: _iota,
     Op.RAND: _rand,
+    Op.DIM: lambda n, a, ctx: torch.tensor(dims.bind(n.attrs["dim"], ctx.dims), dtype=torch.int32),
+    Op.STOP_GRAD: lambda n, a, ctx: a[0].detach(),
     Op.NEG: _t(torch.neg), Op.EXP: _t(torch.exp), Op.LOG: _t(torch.log),
     Op.SQRT: _t(torch.sqrt), Op.RSQRT: _t(torch.rsqrt), Op.ABS: _t(torch.abs),
     Op.RELU: _t(torch.relu), Op.SIGMOID: _t(torch.sigmoid), Op.TANH: _t(torch.tanh),
@@ -190,10 +243,13 @@ torch_rules: dict[Op, TorchRule] = {
     Op.CONCAT: lambda n, a, ctx: torch.cat(a, dim=n.attrs["axis"]),
     Op.INDEX: lambda n, a, ctx: a[0].select(n.attrs["axis"], int(a[1])),
     Op.GATHER: _gather,
+    Op.PAD: _pad,
+    Op.FLIP: lambda n, a, ctx: torch.flip(a[0], n.attrs["axes"]),
     Op.MATMUL: _t(torch.matmul),
     Op.CONV2D: _conv2d,
     Op.MAX_POOL2D: _pool(F.max_pool2d),
     Op.AVG_POOL2D: _pool(F.avg_pool2d, count_include_pad=True),
+    Op.MAX_POOL2D_GRAD: _pool_grad,
     Op.CALL: _call, Op.LOOP: _loop,
     Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
 }
