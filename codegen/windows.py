@@ -9,6 +9,7 @@ output with the window unrolled; padded taps are -inf (max) or 0 (avg).
 from __future__ import annotations
 
 from ember.ir import dims
+from ember.ir.dims import Dim
 from ember.ir.ops import Op
 
 from . import ix
@@ -49,9 +50,13 @@ def conv(w: KernelWriter) -> Launch:
     ih = w.let("ih", f"{oh} * {sh} - {ph} + {kha} * {dh}", frozenset({"m", "ka"}))
     iw = w.let("iw", f"{ow} * {sw} - {pw} + {kwa} * {dw}", frozenset({"m", "ka"}))
     cin = Ix(f"group * {CG} + {ca}", frozenset({"ka"})) if groups > 1 else ca
-    if ph or pw:  # without padding every tap of a valid output lies inside
-        w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
-        w.extra_mask = "inside"
+    tests = _bound_tests([(ih, H, ph, bool(oh.axes | kha.axes)),
+                          (iw, W, pw, bool(ow.axes | kwa.axes))])
+    if tests is None:  # a constant coordinate in the padding: every tap reads a zero
+        w.line("inside = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.int1)")
+    elif tests:
+        w.line(f"inside = {' & '.join(tests)}")
+    w.extra_mask = "inside" if tests != [] else ""
     va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"})
     w.extra_mask = ""
     cb, khb, kwb = _name_index(w, ix.delinear(Ix("kb", frozenset({"kb"})), (CG, KH, KW)),
@@ -66,6 +71,21 @@ def conv(w: KernelWriter) -> Launch:
     return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({ocg}, BLOCK_N)", str(groups)],
                   {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({ocg})",
                    "BLOCK_K": f"blocks.tile_k({ktot})"})
+
+
+def _bound_tests(coords: list[tuple[Ix, Dim, int, bool]]) -> list[str] | None:
+    """The tests keeping padded input coordinates (index, size, padding, varies)
+    inside [0, size); None when one is a constant outside. A coordinate that
+    varies over no tile axis (a size-1 output dim read by a size-1 kernel dim)
+    is the constant -padding, so it is decided here: a mask mixing a Python bool
+    with tensors fails in Triton's interpreter ("mask has unsupported dtype")."""
+    tests = []
+    for i, size, pad, varies in coords:
+        if varies and pad:  # without padding every tap of a valid output lies inside
+            tests.append(f"({i} >= 0) & ({i} < {ix.dim_text(size)})")
+        elif pad:
+            return None
+    return tests
 
 
 def _bits(w: KernelWriter, i: int) -> str:
@@ -89,14 +109,16 @@ def pool(w: KernelWriter) -> Launch:
     is_max = n.op is Op.MAX_POOL2D
     fill = '-float("inf")' if is_max else "0.0"
     w.line(f"acc = tl.full((BLOCK,), {fill}, dtype=tl.float{_bits(w, p)})")
-    w.line(f"for i in tl.static_range({kh}):")
+    w.line(f"for i in tl.static_range({_taps(oh, kh, ph, H)}):")
     w.depth += 1
-    w.line(f"for j in tl.static_range({kw}):")
+    w.line(f"for j in tl.static_range({_taps(ow, kw, pw, W)}):")
     w.push()
     ih = w.let("ih", f"{oh} * {sh} - {ph} + i", frozenset("x"))
     iw = w.let("iw", f"{ow} * {sw} - {pw} + j", frozenset("x"))
-    if ph or pw:  # without padding every tap of a valid output lies inside
-        w.line(f"inside = (ih >= 0) & (ih < {H}) & (iw >= 0) & (iw < {W})")
+    # a constant coordinate needs no test: _taps kept its taps inside
+    tests = _bound_tests([(ih, H, ph if oh.axes else 0, True), (iw, W, pw if ow.axes else 0, True)])
+    if tests:
+        w.line(f"inside = {' & '.join(tests)}")
         w.extra_mask = "inside"
     v = w.value(x, (bn, ch, ih, iw))
     tap = f"tl.where(inside, {v.text}, {fill})" if w.extra_mask else v.text
@@ -111,5 +133,15 @@ def pool(w: KernelWriter) -> Launch:
     w.remember(p, idx, Ix("acc", frozenset("x")))
     store_outputs(w, {o: idx for o in w.kernel.outputs})
     return Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
+
+
+def _taps(out: Ix, k: int, pad: int, size: Dim) -> str:
+    """The static_range of window taps along one axis. For a size-1 output dim
+    (`out` is the constant 0) the input coordinate is `tap - pad`, so the taps
+    that fall in the padding are left out here rather than masked."""
+    if out.axes:
+        return str(k)
+    assert isinstance(size, int), "a size-1 output dim comes from a static input dim"
+    return f"{min(pad, k)}, {min(k, pad + size)}"
 
 

@@ -8,23 +8,17 @@ API (in process, fast); a few go through the CLI to prove what the user sees.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_errors import ember  # the CLI in a subprocess
+from util import compile_src, run_src  # tests/util.py
 
 from ember import api
 from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 from ember.ir.printer import print_graph
-from tests.util import compile_src, run_src
-
-
-def ember(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
 
 
 def model(body: str, args: str = "x: f32[4]", ret: str = "f32[4]", head: str = "") -> str:

@@ -1,0 +1,87 @@
+"""Regression tests for numerics users would call bugs, and for size-1 dims in
+every kernel template (issue 9).
+
+The size-1 sweep runs each template (pointwise, reduce, matmul, conv, pool,
+attention, gates) with size-1 spatial and channel dims through the generated
+kernels in Triton's interpreter, against the oracle, with canary-guarded
+buffers (the helpers of test_triton_ops.py). Float32 tolerances are the
+backend's (`ember.backends.tolerance`: 1e-4 absolute and relative).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from test_errors import ember  # noqa: E402 - the CLI in a subprocess
+from test_triton_ops import (  # noqa: E402 - after the importorskip on purpose
+    ATTENTION,
+    Case,
+    case,
+    check,
+    lstm_case,
+    normal,
+)
+
+CONV_SIZE_1 = [
+    case(f"conv2d(x, w{kw})", x=normal(*xs), w=normal(*ws))
+    for xs, ws, kw in [
+        ((2, 8, 1, 16), (12, 8, 1, 3), ", padding=(0, 1)"),  # a conv1d written as conv2d
+        ((2, 3, 16, 1), (4, 3, 3, 1), ", padding=(1, 0)"),
+        ((1, 8, 1, 7), (5, 8, 1, 3), ", stride=(3, 1), padding=(1, 1)"),  # a row of padding
+        ((2, 1, 1, 1), (3, 1, 1, 1), ""),
+        ((2, 3, 1, 1), (1, 3, 1, 1), ", padding=1"),
+        ((1, 3, 1, 5), (3, 1, 1, 3), ", padding=(0, 1), groups=3"),
+        ((1, 1, 1, 9), (1, 1, 1, 3), ", dilation=(1, 2), padding=(0, 2)"),
+    ]
+]
+
+POOL_SIZE_1 = [
+    case(f"{op}(x, {args})", x=normal(*xs))
+    for op in ("max_pool2d", "avg_pool2d")
+    for xs, args in [
+        ((2, 3, 1, 16), "(1, 3), stride=1, padding=(0, 1)"),
+        ((1, 1, 16, 1), "(3, 1), stride=(2, 1), padding=(1, 0)"),
+        ((2, 1, 1, 1), "1"),
+        ((1, 2, 1, 5), "(2, 2), stride=2, padding=1"),
+    ]
+]
+
+OTHER_SIZE_1 = [
+    case("relu(x) * 2.0 + x", x=normal(2, 1, 1, 5)),
+    case("exp(x) + 1.0", x=normal(1, 1, 1, 1)),
+    case("sum(x, axis=(2, 3))", x=normal(2, 3, 1, 1)),
+    case("max(x, axis=1), mean(x, axis=-1)", x=normal(2, 1, 5)),
+    case("softmax(x, axis=-1)", x=normal(3, 1)),
+    case("layer_norm(x, w, b)", x=normal(2, 1, 1), w=normal(1), b=normal(1)),
+    case("a @ b", a=normal(1, 1), b=normal(1, 1)),
+    case("a @ b + c", a=normal(2, 1, 7), b=normal(7, 1), c=normal(1)),
+    case(ATTENTION.format(t=7), q=normal(2, 1, 7, 1), k=normal(2, 1, 7, 1), v=normal(2, 1, 7, 1)),
+    case("softmax(q @ transpose(k)) @ v", q=normal(1, 5), k=normal(1, 5), v=normal(1, 1)),
+    lstm_case(2, 1, 1, 1),
+    lstm_case(1, 3, 1, 2),
+]
+
+
+@pytest.mark.parametrize("c", [c.param() for c in CONV_SIZE_1 + POOL_SIZE_1 + OTHER_SIZE_1])
+def test_size_1_dims_in_every_template(c: Case) -> None:
+    check(c)
+
+
+
+CONV1D = """model M {
+  def forward(x: f32[B, 8, 1, 16], w: f32[12, 8, 1, 3]) -> f32[B, 12, 1, 16] {
+    return conv2d(x, w, padding=(0, 1))
+  }
+}
+"""
+
+
+def test_conv1d_as_conv2d_through_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(CONV1D)
+    r = ember(tmp_path, "run", "m.ember", "--dims", "B=2", "--backend", "triton", "--check")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].endswith(" ok")
