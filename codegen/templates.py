@@ -146,10 +146,11 @@ def reduce(w: KernelWriter) -> Launch:
 
 
 def _itemsize(w: KernelWriter) -> int:
-    """Bytes per element of the widest value the kernel computes or reduces."""
+    """Register bytes per element of the widest value the kernel computes or
+    reduces (a bool takes a whole 32-bit register too)."""
     g = w.g
     operands = [g.nodes[i].srcs[0] for i in w.kernel.nodes if g.nodes[i].op in REDUCE]
-    return max(w.dtype(i).itemsize for i in [*w.kernel.nodes, *operands])
+    return max(4, *(w.dtype(i).itemsize for i in [*w.kernel.nodes, *operands]))
 
 
 def _either(w: KernelWriter, rs: _Rows) -> None:
