@@ -44,7 +44,8 @@ def evaluate(g: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.ndarr
     ctx = Ctx(dict(env or {}), params, seed)
     for i in g.inputs:
         bind_input(g.nodes[i], inputs[g.nodes[i].attrs["name"]], ctx.dims)
-    return run_graph(g, [inputs[g.nodes[i].attrs["name"]] for i in g.inputs], ctx)
+    with np.errstate(all="ignore"):  # IEEE results (inf, nan) are the meaning, not warnings
+        return run_graph(g, [inputs[g.nodes[i].attrs["name"]] for i in g.inputs], ctx)
 
 
 def bind_input(n: Node, value: np.ndarray, env: dict[str, int]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("triton")
@@ -25,6 +26,7 @@ from test_triton_ops import (  # noqa: E402 - after the importorskip on purpose
     lstm_case,
     normal,
 )
+from util import MODELS  # noqa: E402 - tests/util.py
 
 CONV_SIZE_1 = [
     case(f"conv2d(x, w{kw})", x=normal(*xs), w=normal(*ws))
@@ -85,3 +87,26 @@ def test_conv1d_as_conv2d_through_the_cli(tmp_path: Path) -> None:
     r = ember(tmp_path, "run", "m.ember", "--dims", "B=2", "--backend", "triton", "--check")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1].endswith(" ok")
+
+
+# ---- only Ember's own lines on the terminal --------------------------------------------
+
+
+def test_masked_lane_warnings_stay_quiet(tmp_path: Path) -> None:
+    """The interpreter computes log(0) on masked-off lanes of the loss kernel."""
+    r = ember(tmp_path, "run", str(MODELS / "mlp.ember"), "--entry", "loss", "--dims", "B=3",
+              "--backend", "triton", "--check")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
+def test_oracle_infinities_are_results_not_warnings(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(
+        "model M {\n  def forward(x: f32[4]) -> f32[4] { return log(x) / x }\n}\n")
+    np.save(tmp_path / "x.npy", np.array([0.0, 1.0, -1.0, 2.0], np.float32))
+    for backend in ("numpy", "triton"):
+        r = ember(tmp_path, "run", "m.ember", "--input", "x=x.npy", "--backend", backend,
+                  "-o", "out.npz")
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        out = np.load(tmp_path / "out.npz")["forward"]
+        assert out[0] == -np.inf and np.isnan(out[2]) and out[1] == 0.0
