@@ -1,7 +1,8 @@
 """Backend choice, and `--check`: compare a backend's outputs with the oracle.
 
 Tolerances are per dtype and dot precision, compared as |got - want| <=
-atol + rtol * |want| elementwise:
+atol + rtol * |want| elementwise; equal values (equal infinities included) and
+NaN on both sides match, and a finite value never matches an infinite one:
 - float64: 1e-10. Kernels sum in a different order than NumPy; in float64
   that moves results by a few ulp (~1e-15), far inside the bound.
 - float32 with ieee or tf32x3 dots: 1e-4. fp32 accumulation in another order
@@ -83,13 +84,26 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
             out.append(Comparison(name, float("inf"), float("inf"), atol, rtol, False))
             continue
         gf, wf = g.astype(np.float64), w.astype(np.float64)
-        err = np.abs(gf - wf)
-        rel = err / np.maximum(np.abs(wf), np.finfo(np.float64).tiny)
-        ok = bool(np.all((err <= atol + rtol * np.abs(wf)) | (np.isnan(gf) & np.isnan(wf))))
+        err, ok = _errors(gf, wf, atol, rtol)
+        scale = np.maximum(np.abs(wf), np.finfo(np.float64).tiny)
+        # against an infinite or NaN reference the relative error is the absolute one
+        rel = np.divide(err, scale, out=err.copy(), where=np.isfinite(scale))
         out.append(Comparison(name, _max(err), _max(rel), atol, rtol, ok))
     return out
 
 
+def _errors(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+            ) -> tuple[np.ndarray, bool]:
+    """|got - want| elementwise (0 where both agree exactly, equal infinities
+    included, and where both are NaN), and whether every element is within
+    tolerance. A finite value never matches an infinite one, whichever side."""
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    with np.errstate(invalid="ignore"):  # inf - inf, masked by `same`
+        err = np.where(same, 0.0, np.abs(got - want))
+    within = np.isfinite(err) & (err <= atol + rtol * np.abs(want))
+    return err, bool(np.all(same | within))
+
+
 def _max(a: np.ndarray) -> float:
-    a = a[~np.isnan(a)]
+    """The largest error; NaN if some value is NaN on one side only."""
     return float(a.max()) if a.size else 0.0

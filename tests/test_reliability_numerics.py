@@ -28,6 +28,8 @@ from test_triton_ops import (  # noqa: E402 - after the importorskip on purpose
 )
 from util import MODELS  # noqa: E402 - tests/util.py
 
+from ember.backends import compare  # noqa: E402
+
 CONV_SIZE_1 = [
     case(f"conv2d(x, w{kw})", x=normal(*xs), w=normal(*ws))
     for xs, ws, kw in [
@@ -110,3 +112,32 @@ def test_oracle_infinities_are_results_not_warnings(tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stderr == "", r.stderr
         out = np.load(tmp_path / "out.npz")["forward"]
         assert out[0] == -np.inf and np.isnan(out[2]) and out[1] == 0.0
+
+
+# ---- --check ---------------------------------------------------------------------------
+
+INF, NAN = np.inf, np.nan
+
+
+@pytest.mark.parametrize("got, want, ok, max_abs", [
+    ([INF, -INF, 1.0], [INF, -INF, 1.0], True, 0.0),
+    ([NAN, 2.0], [NAN, 2.0], True, 0.0),
+    ([1e30], [INF], False, INF),        # rtol * inf would admit anything: never a match
+    ([INF], [1e30], False, INF),
+    ([INF], [-INF], False, INF),
+    ([NAN], [1.0], False, NAN),
+])
+def test_check_matches_equal_infinities_only(got: list[float], want: list[float], ok: bool,
+                                             max_abs: float) -> None:
+    (c,) = compare({"o": np.array(got, np.float32)}, {"o": np.array(want, np.float32)}, "ieee")
+    assert c.ok is ok
+    np.testing.assert_equal(c.max_abs, max_abs)
+
+
+def test_check_with_infinite_outputs_through_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "m.ember").write_text(
+        "model M {\n  def forward(x: f32[3]) -> f32[3] { return exp(x) * x }\n}\n")
+    np.save(tmp_path / "x.npy", np.array([1000.0, -1000.0, 1.0], np.float32))
+    r = ember(tmp_path, "run", "m.ember", "--input", "x=x.npy", "--backend", "triton", "--check")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("check forward: max abs err 0,")
