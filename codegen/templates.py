@@ -46,9 +46,8 @@ def _index_names(shape: Shape, prefix: str = "i") -> list[str]:
 
 def store_outputs(w: KernelWriter, idx_for: dict[int, tuple[Ix, ...]],
                   offsets: dict[int, Ix] | None = None) -> None:
-    for out in w.kernel.outputs:
-        off = (offsets or {}).get(out)
-        w.store(out, idx_for[out], w.value(out, idx_for[out]), off)
+    for out, idx in idx_for.items():
+        w.store(out, idx, w.value(out, idx), (offsets or {}).get(out))
 
 
 # ---- pointwise --------------------------------------------------------------------
@@ -276,13 +275,13 @@ def _acc_init(w: KernelWriter, i: int, n_r: str) -> list[str]:
     n = w.g.nodes[i]
     dtype = w.dtype(n.srcs[0])
     acc_t = TL_DTYPE[DType.I32 if dtype is DType.BOOL else dtype]
-    names = [w.fresh(f"acc_{n.op.value}{i}")]
+    names = [w.fresh(f"acc_{n.op.value}")]
     w.line(f"{names[0]} = tl.full([XBLOCK, RBLOCK], {identity(n.op, dtype)}, {acc_t})")
     if n.op is Op.ARGMAX:
-        names.append(w.fresh(f"at{i}"))
+        names.append(w.fresh("at_argmax"))
         w.line(f"{names[1]} = tl.zeros([XBLOCK, RBLOCK], tl.int32)")
         if dtype.is_float:
-            names.append(w.fresh(f"nan_at{i}"))
+            names.append(w.fresh("nan_at_argmax"))
             w.line(f"{names[2]} = tl.full([XBLOCK, RBLOCK], {n_r}, tl.int32)")
     return names
 
@@ -302,8 +301,8 @@ def _acc_update(w: KernelWriter, i: int, acc: list[str], v: Ix, n_r: str) -> Non
         w.line(f"{a} = tl.{fn}({a}, tl.where(mask, {v.text}, {ident}){nan})", i)
     else:
         keep = f"mask & ({v.text} == {v.text})" if dtype.is_float else "mask"
-        cand = w.let(w.fresh(f"cand{i}"), f"tl.where({keep}, {v.text}, {ident})", v.axes)
-        take = w.let(w.fresh(f"take{i}"), f"{cand.text} > {a}", v.axes)
+        cand = w.let(w.fresh("cand"), f"tl.where({keep}, {v.text}, {ident})", v.axes)
+        take = w.let(w.fresh("take"), f"{cand.text} > {a}", v.axes)
         w.line(f"{acc[1]} = tl.where({take.text}, r, {acc[1]})")
         w.line(f"{a} = tl.where({take.text}, {cand.text}, {a})", i)
         if dtype.is_float:
@@ -326,11 +325,11 @@ def _acc_finish(w: KernelWriter, i: int, acc: list[str], n_r: str) -> Ix:
             has_nan = f"tl.max(tl.where({a} != {a}, 1, 0), axis=1, keep_dims=True) > 0"
             w.line(f'{red} = tl.where({has_nan}, float("nan"), {red})')
     else:
-        best = f"tl.max({a}, axis=1, keep_dims=True)"
-        w.line(f"{red} = tl.min(tl.where({a} == {best}, {acc[1]}, {n_r}), axis=1, "
+        best = w.let(w.fresh("best"), f"tl.max({a}, axis=1, keep_dims=True)", frozenset("x"))
+        w.line(f"{red} = tl.min(tl.where({a} == {best.text}, {acc[1]}, {n_r}), axis=1, "
                f"keep_dims=True)", i)
         if dtype.is_float:
-            first = w.let(w.fresh(f"first_nan{i}"), f"tl.min({acc[2]}, axis=1, keep_dims=True)",
+            first = w.let(w.fresh("first_nan"), f"tl.min({acc[2]}, axis=1, keep_dims=True)",
                           frozenset("x"))
             w.line(f"{red} = tl.where({first.text} < {n_r}, {first.text}, {red})")
     return Ix(red, frozenset("x"))
@@ -362,6 +361,10 @@ def matmul(w: KernelWriter) -> Launch:
         bidx = _name_index(w, ix.delinear(Ix("pid_b"), batch), _index_names(batch, "b"))
         mi = rm
     acc_t = TL_DTYPE[w.dtype(m)]
+    if a in w.kernel.outputs:
+        # (a tensor, not the scalar `pid_n == 0`: the interpreter rejects a
+        # scalar operand of `&` in a mask)
+        w.line("stores_a = (tl.zeros((BLOCK_M, 1), dtype=tl.int32) + pid_n) == 0")
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     w.line(f"for k0 in range(0, {dim_text(K)}, BLOCK_K):")
     w.push()
@@ -371,12 +374,16 @@ def matmul(w: KernelWriter) -> Launch:
     tile_a = ix.broadcast_index(bidx + (mi, Ix("ka", frozenset({"ka"}))), batch + (M, K), sa)
     tile_b = ix.broadcast_index(bidx + (Ix("kb", frozenset({"kb"})), rn), batch + (K, N), sb)
     va = operand(w, a, tile_a, {"m", "ka"})
+    if a in w.kernel.outputs:  # a prologue: the first column of programs stores A
+        w.extra_mask = "stores_a"
+        w.store(a, tile_a, va)
+        w.extra_mask = ""
     vb = operand(w, b, tile_b, {"kb", "n"})
     w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, m)})", m)
     w.pop()
     out_idx = bidx + (mi, rn)
     w.remember(m, out_idx, Ix("acc", frozenset({"m", "n"})))
-    store_outputs(w, {o: out_idx for o in w.kernel.outputs})
+    store_outputs(w, {o: out_idx for o in w.kernel.outputs if o != a})
     R, Nt, Kt = dim_text(rows), dim_text(N), dim_text(K)
     return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({Nt}, BLOCK_N)", nb],
                   {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({Nt})",

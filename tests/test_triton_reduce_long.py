@@ -3,19 +3,19 @@
 A row longer than 32 KiB (`blocks.reduce_looped`: more than 8192 f32 or 4096
 f64 elements) is reduced by a *looped* kernel: passes over RBLOCK chunks with
 running accumulators. These cases run that form in Triton's interpreter at
-16385 (one past a power of two), odd sizes and a GPT-2 vocabulary (50257), for
-every reduction op, f32 and f64, and for the fused softmax, layer_norm and
-cross_entropy kernels, which need several passes. Symbolic row lengths leave
-the choice to the launcher (the LOOPED constexpr); one compiled graph runs both
-branches. The kernels are also compiled for sm_90 at the sizes the launcher
-would pick, and must not spill.
+16385 (one past a power of two), other odd sizes and a GPT-2 vocabulary
+(50257), for every reduction op, f32 and f64, and for the fused softmax,
+layer_norm and cross_entropy kernels, which need several passes. Symbolic row
+lengths leave the choice to the launcher (the LOOPED constexpr); one compiled
+graph runs both branches. The looped kernels are also compiled for sm_90 at
+the sizes the launcher would pick, and must not spill.
 
 Tolerances: the kernel runs in the model's dtype and is compared with the
-oracle in float64 on the same inputs, elementwise within REL[dtype] of the
-expected value plus REL[dtype] of the output's RMS (a sum that cancels to near
-zero is judged against the size of its terms, a softmax entry of 2e-5 against
-itself). Integer and index results must be equal. Rows stay few: the
-interpreter pays per program and per chunk; the file runs in about 30 s.
+oracle in float64 on the same inputs, elementwise within REL[dtype] (f32 1e-5,
+f64 1e-12) of the expected value plus REL[dtype] of the output's RMS: a sum
+that cancels to near zero is judged against the size of its terms, a softmax
+entry of 2e-5 against itself. Integer and index results must be equal. Rows
+stay few, since the interpreter pays per program and per chunk.
 """
 
 from __future__ import annotations
@@ -100,17 +100,15 @@ def nonfinite(n: int, dtype: type = np.float32) -> np.ndarray:
 # ---- every reduction op -------------------------------------------------------------------
 
 OPS = ("sum", "mean", "max", "min", "argmax")
-LONG = (16385, 20011)  # past a power of two, and a prime
 
 
 @pytest.mark.parametrize("float64", [False, True], ids=["f32", "f64"])
-@pytest.mark.parametrize("n", LONG)
 @pytest.mark.parametrize("op", OPS)
-def test_each_op_over_a_long_row(op: str, n: int, float64: bool) -> None:
+def test_each_op_over_a_long_row(op: str, float64: bool) -> None:
     dtype = np.float64 if float64 else np.float32
     maker = ties if op in ("max", "min", "argmax") else normal
-    x = maker(f"{op} {n}", 3, n, dtype=dtype)
-    run(model(f"{op}(x, axis=-1)", x=f"f32[3, {n}]"), {"x": x}, float64)
+    x = maker(op, 3, 16385, dtype=dtype)
+    run(model(f"{op}(x, axis=-1)", x="f32[3, 16385]"), {"x": x}, float64)
 
 
 @pytest.mark.parametrize("float64", [False, True], ids=["f32", "f64"])
@@ -146,10 +144,10 @@ def test_bool_rows(expr: str) -> None:
 
 LAYOUTS = [  # (expression, input shape): each row is longer than a block
     ("sum(x, axis=0)", (20000, 3)),          # a bias gradient: few columns, many rows
-    ("mean(x, axis=0)", (9000, 33)),
+    ("mean(x, axis=0)", (9001, 5)),
     ("max(x, axis=1)", (2, 9000, 3)),        # the reduced axis in the middle
     ("sum(x, axis=(1, 2))", (2, 129, 129)),  # two reduced axes, delinearized per chunk
-    ("argmax(x, axis=0)", (16385, 2)),
+    ("argmax(x, axis=0)", (9000, 2)),
     ("x - mean(x, axis=-1, keepdims=true)", (2, 16385)),
 ]
 
@@ -248,17 +246,18 @@ def loops(code: KernelCode, dims: dict[str, int]) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("float64", [False, True], ids=["f32", "f64"])
-def test_looped_kernels_compile_for_sm90_without_spills(float64: bool, tmp_path: Path) -> None:
-    """Each looped kernel is compiled with the constants the launcher computes
-    at these dims (kernel_cmds.aot_job, as `--target sm_90` does)."""
+def test_looped_kernels_compile_for_sm90_without_spills(tmp_path: Path) -> None:
+    """Each looped kernel, f32 and f64, is compiled with the constants the
+    launcher computes at these dims (kernel_cmds.aot_job, as `--target sm_90`
+    does), in one batch."""
     jobs = []
     for k, (expr, types, dims) in enumerate(AOT_CASES):
-        path = tmp_path / f"m{k}.py"
-        mod = emit_triton(compile_src(model(expr, **types), float64=float64))
-        path.write_text(mod.source)
-        looped = [aot_job(c, path, dims) for c in mod.kernels if loops(c, dims)]
-        assert looped, expr
-        jobs += looped
+        for float64 in (False, True):
+            path = tmp_path / f"m{k}_{'f64' if float64 else 'f32'}.py"
+            mod = emit_triton(compile_src(model(expr, **types), float64=float64))
+            path.write_text(mod.source)
+            looped = [aot_job(c, path, dims) for c in mod.kernels if loops(c, dims)]
+            assert looped, expr
+            jobs += looped
     for r in aot.compile_kernels(jobs):
         assert r.spills == 0 and aot.check_resources(r) == [], r
