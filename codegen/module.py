@@ -19,6 +19,7 @@ from ember.ir.graph import Graph
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
+from .checks import BOUNDS, HEADER, Site, launcher_lines
 from .fused import attention, gates
 from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
@@ -70,6 +71,7 @@ class _State:
     precision: str
     kernels: list[KernelCode] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
+    sites: list[Site] = field(default_factory=list)   # checked indices (checks.py)
 
 
 def emit_triton(g: Graph, fused: bool = True, precision: str = "ieee",
@@ -101,6 +103,8 @@ def _header(g: Graph, title: str, state: _State) -> str:
              "Do not edit: regenerate with `ember compile MODEL --emit triton -o DIR`.", '"""',
              "", "import torch", "import triton", "import triton.language as tl", "",
              "from ember.codegen import blocks", "from ember.runtime.rand import stream_seed"]
+    if state.sites:
+        lines.append(HEADER)
     return "\n".join(lines)
 
 
@@ -109,7 +113,7 @@ def _header(g: Graph, title: str, state: _State) -> str:
 def _write_kernel(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict[int, str],
                   state: _State) -> KernelCode:
     name = f"k{len(state.kernels)}_{kern.name}"
-    w = KernelWriter(plan, kern, names, state.precision, counters=counters)
+    w = KernelWriter(plan, kern, names, state.precision, counters=counters, sites=state.sites)
     launch = TEMPLATES[kern.kind](w)
     text = "\n".join(w.lines)
     dim_args = [dim_name(s) for s in sorted(state.symbols)
@@ -147,14 +151,17 @@ def _launcher(plan: Plan, state: _State) -> str:
         lines.append(f'    {names[i]} = inputs["{g.nodes[i].attrs["name"]}"]')
     lines += _bind_params(g, names, "    ")
     steps = _plan_steps(plan, names, {}, state, "    ", "")
-    lines += _with_frees(steps, {names[o] for o in g.outputs if o in names}, "    ")
+    before, after = launcher_lines(state.sites, "    ")
+    lines += before + _with_frees(steps, {names[o] for o in g.outputs if o in names}, "    ")
+    lines += after
     outs = ", ".join(f'"{n}": {names[o]}' for n, o in zip(g.output_names, g.outputs))
     lines.append(f"    return {{{outs}}}")
     return "\n".join(lines)
 
 
 LAUNCHER_LOCALS = frozenset({"inputs", "params", "dims", "seed", "pool", "torch", "triton",
-                             "tl", "blocks", "stream_seed", "launch"})
+                             "tl", "blocks", "stream_seed", "launch", BOUNDS, "Loc",
+                             "new_bounds", "check_bounds"})
 
 
 def unique(name: str, names: dict[int, str]) -> str:
@@ -209,7 +216,8 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     g = plan.graph
     lines = []
     buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)
-               for o in kern.outputs] + list(code.extras.values())
+               for o in kern.outputs] + [
+        e for e in code.extras.values() if not e[0].startswith(BOUNDS)]
     for var, shape, dtype in buffers:
         dims_text = ", ".join(dim_text(d) for d in shape) + ("," if len(shape) == 1 else "")
         lines.append(f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")

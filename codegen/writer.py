@@ -16,13 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ember.ir.dims import Shape
+from ember.ir.dims import Dim, Shape
 from ember.ir.dtypes import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.ops import ELEMENTWISE, Op
 from ember.passes.fuse import Kernel, Plan
 
 from . import ix
+from .checks import Site, checked_index, guard_rows
 from .ix import Ix
 from .rules import TL_DTYPE, triton_rules
 
@@ -48,7 +49,7 @@ RESERVED = frozenset({
     "rn", "rq", "rd", "rdk", "rnk", "ka", "kb", "k0", "acc", "acc0", "acc1", "acc2", "acc3",
     "m_i", "l_i", "m_new", "m_safe", "m_fin", "l_safe", "alpha", "p", "scores", "qk", "out", "hi",
     "start", "inside", "ih", "iw", "oh", "ow", "batch", "ch", "group", "oc", "ca", "cb", "kha",
-    "kwa", "khb", "kwb", "i", "j", "tl", "triton"})
+    "kwa", "khb", "kwb", "i", "j", "tl", "triton", "id_bounds_ptr"})
 
 
 @dataclass
@@ -69,6 +70,7 @@ class KernelWriter:
     extras: dict[str, tuple[str, Shape, DType]] = field(default_factory=dict)
     axis_vars: dict[str, str] = field(default_factory=dict)   # tile axis -> its index var
     used: set[str] = field(default_factory=set)               # locals handed out by fresh
+    sites: list[Site] = field(default_factory=list)           # checked indices, whole module
 
     @property
     def g(self) -> Graph:
@@ -268,16 +270,27 @@ def _slice(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
 
 
 def _index(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
-    at = w.value(n.srcs[1], ())
     axis = n.attrs["axis"]
-    return w.value(n.srcs[0], idx[:axis] + (at,) + idx[axis:])
+    rows = w.shape(n.srcs[0])[axis]
+    at = checked_index(w, i, "index", w.value(n.srcs[1], ()), rows)
+    return _at_row(w, n.srcs[0], at, rows, idx[:axis] + (at,) + idx[axis:])
 
 
 def _gather(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
     table, ids = n.srcs
     rank = len(w.shape(ids))
-    row = w.value(ids, idx[:rank])
-    return w.value(table, (row,) + idx[rank:])
+    rows = w.shape(table)[0]
+    row = checked_index(w, i, "gather", w.value(ids, idx[:rank]), rows)
+    return _at_row(w, table, row, rows, (row,) + idx[rank:])
+
+
+def _at_row(w: KernelWriter, src: int, row: Ix, rows: Dim, idx: tuple[Ix, ...]) -> Ix:
+    """src at an index holding `row`, a clamped data-dependent row (checks.py)."""
+    saved, w.extra_mask = w.extra_mask, guard_rows(w, row, rows)
+    try:
+        return w.value(src, idx)
+    finally:
+        w.extra_mask = saved
 
 
 def _concat(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
