@@ -21,6 +21,7 @@ summed in extra carries.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 from ember.ir import dims
@@ -53,10 +54,22 @@ def body_activity(n: Node, src_active: Sequence[bool]) -> set[int]:
 
 def residuals(n: Node, act: set[int]) -> list[int]:
     """Body nodes the forward scan saves per step: every carry it starts from,
-    and its active matmul and conv results."""
+    and its active matmul and conv results, each taken after the additions
+    that only it feeds (an LSTM saves its gates' pre-activation sum, the tensor
+    its nonlinearities read, which the gates kernel computes anyway)."""
     body, k = n.attrs["body"], n.attrs["n_carry"]
-    saved = [i for i, m in enumerate(body.nodes) if m.op in SAVED_OPS and i in act]
-    return list(body.inputs[1:1 + k]) + saved
+    users = body.users()
+    saved = [_after_sums(body, users, i) for i, m in enumerate(body.nodes)
+             if m.op in SAVED_OPS and i in act]
+    return list(body.inputs[1:1 + k]) + list(dict.fromkeys(saved))
+
+
+def _after_sums(body: Graph, users: list[list[int]], i: int) -> int:
+    shape = body[i].tensor.shape
+    while (len(users[i]) == 1 and body[users[i][0]].op is Op.ADD
+           and body[users[i][0]].tensor.shape == shape and i not in body.outputs):
+        i = users[i][0]
+    return i
 
 
 def save_residuals(b: Builder, n: Node, srcs: tuple[int, ...], src_active: Sequence[bool]) -> int:
@@ -114,8 +127,10 @@ def scan_vjp(b: Builder, n: Node, fwd: int, srcs: list[int], out_cts: dict[int, 
 
     e = Emit(bw.bb, n.loc)
     outs = [total(e, cts.get(carry_in[j], []), body[carry_in[j]]) for j in act_carry]
-    stacked = {**{res[i]: m for m, i in enumerate(keep)}, **{x: ~m for m, x in enumerate(xin)}}
-    plan = _CapturedPlan(bw.bb, cap_in, cts, act, stacked)
+    stacked = {**{res[i]: ("res", m) for m, i in enumerate(keep)},
+               **{x: ("x", m) for m, x in enumerate(xin)}}
+    plan = _CapturedPlan(bw.bb, t, caps, [c in act for c in cap_in],
+                         [cts.get(c, []) for c in cap_in], stacked)
     acc_in = [bw.input(bw.carries, f"acc_{name(cap_in[j])}", body[cap_in[j]].tensor)
               for j in plan.accumulated]
     outs += [e(Op.ADD, a, total(e, plan.others[j], body[cap_in[j]]))
@@ -145,13 +160,12 @@ def scan_vjp(b: Builder, n: Node, fwd: int, srcs: list[int], out_cts: dict[int, 
     for m, j in enumerate(act_xs):
         src_cts[k + j] = result[at + m]
     at += len(act_xs)
-    for j, gemms in plan.gemms.items():
-        for a_ref, d_ref in gemms:
-            stack_a = _stack_ref(oe, a_ref, result, at, xs, srcs[k:k + nx])
-            stack_d = _stack_ref(oe, d_ref, result, at, xs, srcs[k:k + nx])
-            term = _gemm_over_steps(oe, stack_a, stack_d)
+    stacks = _Stacks(oe, result[at:], xs, list(srcs[k:k + nx]), list(srcs[k + nx:]))
+    for j, terms in plan.after.items():
+        for term in terms:
+            ct = stacks.term(term)
             prev = src_cts[k + nx + j]
-            src_cts[k + nx + j] = term if prev is None else oe(Op.ADD, prev, term)
+            src_cts[k + nx + j] = ct if prev is None else oe(Op.ADD, prev, ct)
     return src_cts
 
 
@@ -159,44 +173,62 @@ def _namer(body: Graph) -> Callable[[int], str]:
     return lambda i: str(body[i].attrs.get("name", f"v{i}"))
 
 
-# A reference to a stacked per-step value: ("res", m) a forward residual,
-# ("x", m) a forward xs, ("y", m) an output of the backward scan.
-Ref = tuple[str, int]
+# A reference to a stacked per-step value [length, ...]: ("res", m) the forward
+# scan's residual m, ("x", m) its xs m, ("y", m) the backward scan's extra
+# output m, ("cap", j, axis) captured value j indexed by t along `axis`.
+Ref = tuple[Any, ...]
+# After-loop terms: ("gemm", A, D) = sum_t A_t^T @ D_t; ("sum", D, axes, shape)
+# = sum_t sum(D_t, axes) reshaped to `shape`.
+Term = tuple[Any, ...]
 
 
 class _CapturedPlan:
-    """How each captured value's gradient leaves the backward scan: as GEMMs
-    of stacked per-step operands after the loop, or summed in a carry."""
+    """How each captured value's gradient leaves the backward scan: terms
+    computed once after the loop from stacked per-step values (GEMMs over all
+    steps; sums of values that are stacked anyway), or summed in a carry."""
 
-    def __init__(self, bb: Builder, cap_in: Sequence[int], cts: dict[int, list[int]],
-                 act: set[int], stacked: dict[int, int]) -> None:
-        self.accumulated: list[int] = []
-        self.others: dict[int, list[int]] = {}
-        self.gemms: dict[int, list[tuple[Ref, Ref]]] = {}
+    def __init__(self, bb: Builder, t: int, caps: list[int], active: list[bool],
+                 parts: list[list[int]], stacked: dict[int, Ref]) -> None:
+        self.bb, self.t, self.caps = bb, t, caps
+        self.stacked = dict(stacked)
         self.stacked_outputs: list[int] = []
-        self._stacked, self._bb = stacked, bb
-        for j, c in enumerate(cap_in):
-            if c in act and cts.get(c):
-                self._split(j, cts[c])
+        self.after: dict[int, list[Term]] = {}
+        self.others: dict[int, list[int]] = {}
+        gemm_free = [[p for p in ps if not self._gemm(j, p)] if a else []
+                     for j, (ps, a) in enumerate(zip(parts, active))]
+        for j, ps in enumerate(gemm_free):
+            rest = [p for p in ps if not self._sum(j, p)]
+            if rest:
+                self.others[j] = rest
+        self.accumulated = sorted(self.others)
 
-    def _split(self, j: int, parts: list[int]) -> None:
-        others = []
-        for p in parts:
-            pair = _transposed_matmul(self._bb, p)
-            if pair is None:
-                others.append(p)
-            else:
-                self.gemms.setdefault(j, []).append((self._ref(pair[0]), self._ref(pair[1])))
-        if others:
-            self.accumulated.append(j)
-            self.others[j] = others
+    def _gemm(self, j: int, p: int) -> bool:
+        pair = _transposed_matmul(self.bb, p)
+        if pair is not None:
+            self.after.setdefault(j, []).append(("gemm", self._ref(pair[0]), self._ref(pair[1])))
+        return pair is not None
+
+    def _sum(self, j: int, p: int) -> bool:
+        """A sum over per-step axes of a value stacked anyway (a bias gradient)."""
+        shape = self.bb.type_of(p).shape
+        if self.bb.nodes[p].op is Op.RESHAPE:
+            p = self.bb.nodes[p].srcs[0]
+        n = self.bb.nodes[p]
+        if n.op is not Op.SUM or n.attrs["keepdims"] or n.srcs[0] not in self.stacked:
+            return False
+        self.after.setdefault(j, []).append(("sum", self.stacked[n.srcs[0]], n.attrs["axes"],
+                                             shape))
+        return True
 
     def _ref(self, i: int) -> Ref:
-        m = self._stacked.get(i)
-        if m is not None:
-            return ("res", m) if m >= 0 else ("x", ~m)
-        self.stacked_outputs.append(i)
-        return ("y", len(self.stacked_outputs) - 1)
+        if i not in self.stacked:
+            n = self.bb.nodes[i]
+            if n.op is Op.INDEX and n.srcs[1] == self.t and n.srcs[0] in self.caps:
+                self.stacked[i] = ("cap", self.caps.index(n.srcs[0]), n.attrs["axis"])
+            else:
+                self.stacked_outputs.append(i)
+                self.stacked[i] = ("y", len(self.stacked_outputs) - 1)
+        return self.stacked[i]
 
 
 def _transposed_matmul(bb: Builder, p: int) -> tuple[int, int] | None:
@@ -211,14 +243,30 @@ def _transposed_matmul(bb: Builder, p: int) -> tuple[int, int] | None:
     return (a, d) if len(bb.type_of(d).shape) == 2 else None
 
 
-def _stack_ref(e: Emit, ref: Ref, result: list[int], at: int, res_xs: list[int],
-               fwd_xs: Sequence[int]) -> int:
-    kind, m = ref
-    if kind == "res":
-        return res_xs[m]
-    if kind == "x":
-        return fwd_xs[m]
-    return result[at + m]
+@dataclass
+class _Stacks:
+    """Resolves references to stacked values after the backward scan."""
+
+    e: Emit
+    ys: list[int]          # the backward scan's extra outputs
+    res: list[int]         # the forward scan's residuals
+    xs: list[int]          # the forward scan's xs
+    caps: list[int]        # the forward scan's captured values
+
+    def get(self, ref: Ref) -> int:
+        kind, m = ref[0], ref[1]
+        if kind == "cap":  # x[:, t, :] over all t is x with that axis first: a view
+            rank = len(self.e.shape(self.caps[m]))
+            return self.e.permute(self.caps[m], (ref[2], *(a for a in range(rank)
+                                                          if a != ref[2])))
+        return {"res": self.res, "x": self.xs, "y": self.ys}[kind][m]
+
+    def term(self, term: Term) -> int:
+        if term[0] == "gemm":
+            return _gemm_over_steps(self.e, self.get(term[1]), self.get(term[2]))
+        _, ref, axes, shape = term
+        total = self.e(Op.SUM, self.get(ref), axes=(0, *(a + 1 for a in axes)), keepdims=False)
+        return self.e.reshape(total, shape)
 
 
 def _gemm_over_steps(e: Emit, stack_a: int, stack_d: int) -> int:
