@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q "torch==2.13.0" -e ".[gpu,test]"
 	touch $(STAMP)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean fuzz
 
 setup: $(STAMP)
 
@@ -33,6 +33,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# A long fuzz campaign (tests/fuzz/): N mutants of the example models through
+# compile, N/10 random models through the oracle, torch and Triton; prints the
+# count of each outcome and one minimized reproducer per distinct failure.
+N ?= 1000
+fuzz: $(STAMP)
+	cd tests && nice ../$(PY) -m fuzz.campaign --mutants $(N) --models $$(( $(N) / 10 ))
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -265,6 +265,7 @@ CASES: dict[str, Case] = {
     "matmul_batch_broadcast": Case(dsl("a: f64[2, 1, 3, 4], b: f64[B, 4, 2]",
                                        "f64[2, B, 3, 2]", "a @ b")),
     "matmul_rank2": Case(dsl("a: f64[3, 4], b: f64[4, B]", "f64[3, B]", "a @ b")),
+    "matmul_lhs_broadcast": Case(dsl("a: f64[3, 4], b: f64[B, 4, 2]", "f64[B, 3, 2]", "a @ b")),
     "conv2d": Case(dsl("x: f64[B, 2, 5, 6], w: f64[3, 2, 3, 3]", "f64[B, 3, 5, 6]",
                        "conv2d(x, w, padding=1)")),
     "conv2d_strided": Case(dsl("x: f64[B, 2, 6, 7], w: f64[3, 2, 3, 2]", "f64[B, 3, 2, 2]",
@@ -272,6 +273,11 @@ CASES: dict[str, Case] = {
     "conv2d_grouped": Case(dsl("x: f64[B, 4, 7, 7], w: f64[4, 2, 2, 3]", "f64[B, 4, 4, 3]",
                                "conv2d(x, w, stride=(2, 1), padding=(1, 0), dilation=(1, 2), "
                                "groups=2)")),
+    "conv2d_1x1_padded": Case(dsl("x: f64[B, 2, 3, 4], w: f64[3, 2, 1, 1]", "f64[B, 3, 5, 6]",
+                                  "conv2d(x, w, padding=1)")),
+    "conv2d_dilated_strided": Case(dsl("x: f64[B, 2, 9, 8], w: f64[3, 2, 3, 2]",
+                                       "f64[B, 3, 4, 4]",
+                                       "conv2d(x, w, stride=2, padding=1, dilation=2)")),
     "max_pool2d": Case(dsl("x: f64[B, 2, 4, 6]", "f64[B, 2, 2, 3]", "max_pool2d(x, 2)"),
                        {"x": "grid"}),
     "max_pool2d_padded": Case(dsl("x: f64[B, 2, 5, 6]", "f64[B, 2, 3, 3]",
@@ -348,11 +354,12 @@ def test_stop_grad_blocks_the_gradient() -> None:
 
 # ---- loops: backpropagation through time --------------------------------------------------
 
-def scan(reverse: bool) -> Graph:
+def scan(reverse: bool, results: tuple[int, ...] = (0, 1, 2, 3)) -> Graph:
     """A scan with every kind of operand: carries h [2, 3] and c [3], xs x [T, 2, 4],
     captured w [4, 3] and u [3, 3]; per step (t the forward index either way)
         h' = tanh(x_t @ w + h @ u) * c,   c' = c * sigmoid(sum(h', axis=0)),
-        ys: h' * (t + 1) and c' * T."""
+        ys: h' * (t + 1) and c' * T;
+    the graph returns the scan's `results` (final h, c, then the ys)."""
     body = Builder("step")
     t, h, c, x_t, w, u = (body.add(Op.INPUT, (), {"name": nm, "shape": sh, "dtype": dt})
                           for nm, sh, dt in (("t", (), DType.I32), ("h", (2, 3), F64),
@@ -375,13 +382,18 @@ def scan(reverse: bool) -> Graph:
     loop = b.add(Op.LOOP, tuple(ins), {"body": step_g, "n_carry": 2, "n_xs": 1, "length": "T",
                                        "reverse": reverse})
     return verify(b.build(tuple(ins), tuple(b.add(Op.GET, (loop,), {"index": k})
-                                            for k in range(4))))
+                                            for k in results)))
 
 
 @pytest.mark.parametrize("length", [0, 1, 4])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_scan_with_carries_xs_ys(reverse: bool, length: int) -> None:
     check(Case(lambda: scan(reverse), env={"T": length}))
+
+
+@pytest.mark.parametrize("results", [(2,), (3, 1), (0,)], ids=["ys", "c_and_ys", "h"])
+def test_scan_with_some_results_unused(results: tuple[int, ...]) -> None:
+    check(Case(lambda: scan(True, results), env={"T": 3}))
 
 
 def model(src: str, train: bool = False) -> Callable[[], Graph]:
@@ -416,6 +428,19 @@ model Lstm {{
 """),
     "dropout": RNN.format(body="""    for t in range(T) {
       h = dropout(tanh(x[:, t, :] @ w + h @ u), p=0.3) + c
+    }
+"""),
+    # the inner loop reads the outer counter; dropout keyed by both counters
+    "nested_dropout": RNN.format(body="""    for t in range(T) {
+      for k in range(2) { h = dropout(tanh(x[:, t, :] @ w + h @ u), p=0.5) }
+    }
+"""),
+    # a carry that never depends on an input or parameter, and a weight that
+    # is also read outside its matmul (a gradient summed step by step)
+    "inactive_carry": RNN.format(body="""    let n = ones(B, 4)
+    for t in range(T) {
+      n = n + 1.0
+      h = tanh(x[:, t, :] @ w + h @ u) / n + sum(u, axis=0) * c
     }
 """),
 }

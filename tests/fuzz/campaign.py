@@ -1,0 +1,120 @@
+"""A fuzz campaign: mutants through compile, random models through every evaluator.
+
+    cd tests && python -m fuzz.campaign --mutants 10000 --models 1000
+
+prints the count of each outcome per kind of case, then one minimized reproducer
+per distinct failure (failures already listed in fuzz/known.py are marked as
+known). `make fuzz N=...` runs it with N mutants and N/10 models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from itertools import islice
+
+from .diff import check_model
+from .gen import Program, generate
+from .harness import Outcome, Result, Worker, check_source, minimize, quiet_env
+from .known import KNOWN
+from .mutate import mutants
+
+COMPILE_TIMEOUT = 20.0   # seconds for one mutant (compile, codegen, a small oracle run)
+MODEL_TIMEOUT = 300.0    # seconds for one random model through every backend
+
+
+@dataclass
+class Tally:
+    """Outcome counts, and the first case of each distinct failure."""
+
+    kind: str
+    counts: Counter[Outcome] = field(default_factory=Counter)
+    first: dict[str, tuple[Result, Callable[[str], Result], str]] = field(default_factory=dict)
+
+    def add(self, result: Result, rerun: Callable[[str], Result], src: str) -> None:
+        self.counts[result.outcome] += 1
+        if result.failed and result.signature not in self.first:
+            self.first[result.signature] = (result, rerun, src)
+
+    def line(self) -> str:
+        parts = ", ".join(f"{o.value} {self.counts[o]}" for o in Outcome)
+        return f"{self.kind}: {sum(self.counts.values())} cases: {parts}"
+
+
+def run_mutants(worker: Worker, n: int, seed: int, progress: bool = False,
+                timeout: float = COMPILE_TIMEOUT) -> Tally:
+    tally = Tally("mutants")
+    for k, (_, src, train) in enumerate(islice(mutants(seed), n)):
+        def rerun(text: str, train: bool = train) -> Result:
+            return worker.run(check_source, text, train, timeout=timeout)
+        tally.add(rerun(src), rerun, src)
+        _progress(progress, k, tally)
+    return tally
+
+
+def run_models(worker: Worker, n: int, seed: int, triton_every: int,
+               progress: bool = False, timeout: float = MODEL_TIMEOUT) -> Tally:
+    tally = Tally("random models")
+    for k in range(n):
+        prog, triton = generate(seed + k), k % triton_every == 0 if triton_every else False
+
+        def rerun(text: str, prog: Program = prog, triton: bool = triton) -> Result:
+            return worker.run(check_model, replace(prog, src=text), triton, timeout=timeout)
+        tally.add(rerun(prog.src), rerun, prog.src)
+        _progress(progress, k, tally)
+    return tally
+
+
+def _progress(on: bool, k: int, tally: Tally) -> None:
+    if on and (k + 1) % 250 == 0:
+        print(f"  [{time.strftime('%H:%M:%S')}] {tally.line()}", file=sys.stderr, flush=True)
+
+
+def failures(tally: Tally, shrink: bool = True) -> Iterator[tuple[str, Result, str]]:
+    """(signature, result, reproducer) per distinct failure, minimized if asked. A
+    failure that does not happen again (the tree changed under the campaign) says so."""
+    for sig, (result, rerun, src) in sorted(tally.first.items()):
+        if rerun(src).signature != sig:
+            sig += " (did not reproduce)"
+        elif shrink:
+            src = minimize(src, lambda s, sig=sig, rerun=rerun: rerun(s).signature == sig)
+        yield sig, result, src
+
+
+def report(tallies: list[Tally], shrink: bool = True) -> int:
+    """Print counts and reproducers; the number of distinct unknown failures."""
+    unknown = 0
+    for t in tallies:
+        print(t.line())
+    for t in tallies:
+        for sig, result, src in failures(t, shrink):
+            known = sig in KNOWN
+            unknown += not known and not sig.endswith("(did not reproduce)")
+            print(f"\n=== {t.kind}: {sig}{' (known, open)' if known else ''}\n{result.detail}")
+            print(f"--- reproducer ---\n{src}")
+    return unknown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mutants", type=int, default=1000)
+    p.add_argument("--models", type=int, default=100)
+    p.add_argument("--triton-every", type=int, default=1,
+                   help="run every k-th random model through the Triton interpreter (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-minimize", action="store_true")
+    args = p.parse_args(argv)
+    quiet_env()
+    with Worker(COMPILE_TIMEOUT) as worker:
+        tallies = [run_mutants(worker, args.mutants, args.seed, progress=True),
+                   run_models(worker, args.models, args.seed, args.triton_every, progress=True)]
+        unknown = report(tallies, shrink=not args.no_minimize)
+    return 1 if unknown else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
