@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 from ember.ir import dims
 from ember.ir.dims import Dim, Shape
+from ember.ir.graph import Graph
+from ember.ir.ops import Op
+from ember.passes.fuse import Kernel, Plan
 
 from . import ix
 from .ix import Ix, dim_text
@@ -25,59 +28,140 @@ from .writer import KernelWriter
 
 
 @dataclass(frozen=True)
-class _Attention:
-    """What the attention template needs: the pattern's nodes and sizes."""
+class AttentionOp:
+    """What the attention templates need from an attention(_grad) node."""
 
-    o: int              # softmax(...) @ v, the kernel's result
-    s: int              # q @ k^T
-    logits: int         # the transformed scores fed to the softmax
-    probs: int          # the softmax
+    node: int
+    q: int
+    k: int
+    v: int
+    captured: tuple[int, ...]
+    body: Graph         # the score region
     batch: Shape
     T: Dim              # queries
     TK: Dim             # keys
     D: Dim              # value head dim
     DK: Dim             # query/key head dim
+    causal: bool
 
 
-def attention(w: KernelWriter) -> Launch:
-    a = _describe(w)
-    bidx, q_tile = _attention_setup(w, a)
-    _key_loop(w, a, bidx, q_tile)
-    _attention_epilogue(w, a, bidx)
+def describe(w: KernelWriter) -> AttentionOp:
+    i = w.kernel.anchor
+    n = w.g.nodes[i]
+    q, k, v, *rest = n.srcs
+    captured = rest if n.op is Op.ATTENTION else rest[3:]
+    qs, ks, vs = (w.shape(x) for x in (q, k, v))
+    return AttentionOp(i, q, k, v, tuple(captured), n.attrs["body"], qs[:-2], qs[-2], ks[-2],
+                       vs[-1], qs[-1], n.attrs["causal"])
+
+
+class ScoreRegion:
+    """The score region at one score-tile index: a KernelWriter over the region
+    graph that writes into w's kernel. Its first input is bound to the score
+    tile the template holds (the backward binds the second, the logits'
+    cotangent, once it has it); the captured operands are w's values there."""
+
+    def __init__(self, w: KernelWriter, a: AttentionOp, at: tuple[Ix, ...]) -> None:
+        body = self.body = a.body
+        self.at, self.score = at, body.nodes[body.inputs[0]].tensor.shape
+        nodes = list(range(len(body.nodes)))
+        plan = Plan(body, [Kernel("region", body.outputs[0], nodes)], dict.fromkeys(nodes, 0),
+                    {}, [])
+        self.sub = KernelWriter(plan, plan.kernels[0], {}, w.precision, lines=w.lines,
+                                depth=w.depth, masks=w.masks, axis_vars=w.axis_vars,
+                                used=w.used, sites=w.sites)
+        first = len(body.inputs) - len(a.captured)
+        for i, c in zip(body.inputs[first:], a.captured):
+            self.bind(i, w.value(c, ix.broadcast_index(at, self.score, w.shape(c))))
+
+    def bind(self, i: int, v: Ix) -> None:
+        """Region input node i has the value v."""
+        shape = self.body.nodes[i].tensor.shape
+        self.sub.remember(i, ix.broadcast_index(self.at, self.score, shape), v)
+
+    def result(self, k: int, *tiles: Ix) -> Ix:
+        """The region's k-th result, its leading inputs bound to `tiles`."""
+        for i, v in zip(self.body.inputs, tiles):
+            self.bind(i, v)
+        return self.sub.value(self.body.outputs[k], self.at)
+
+
+def float_type(w: KernelWriter, a: AttentionOp) -> str:
+    return "tl.float64" if w.dtype(a.q).value == "f64" else "tl.float32"
+
+
+def head_axes(w: KernelWriter, a: AttentionOp) -> None:
+    """Tile axes over the head dims: q (DK along columns), dk (DK along rows)
+    and d (D along columns)."""
+    w.line("rq = tl.arange(0, BLOCK_DK)[None, :]")
+    w.line("rdk = tl.arange(0, BLOCK_DK)[:, None]")
+    w.line("rd = tl.arange(0, BLOCK_D)[None, :]")
+    DKt, Dt = dim_text(a.DK), dim_text(a.D)
+    w.axes(q=("rq", f"(rq < {DKt})"), dk=("rdk", f"(rdk < {DKt})"), d=("rd", f"(rd < {Dt})"))
+
+
+def batch_index(w: KernelWriter, a: AttentionOp) -> tuple[Ix, ...]:
+    w.line("pid_b = tl.program_id(1)")
+    return _name_index(w, ix.delinear(Ix("pid_b"), a.batch), _index_names(a.batch, "b"))
+
+
+def tile(w: KernelWriter, i: int, at: tuple[Ix, ...]) -> Ix:
+    """A dot operand: node i at (batch..., row, col), over the tile axes of at."""
+    return operand(w, i, at, set().union(*(x.axes for x in at)))
+
+
+def launch(a: AttentionOp, over: Dim, block: str) -> Launch:
+    """Grid (cdiv(over, block), batch), block sizes and warps of every
+    attention kernel: BLOCK_M query rows, BLOCK_N keys."""
     Tt, TKt, Dt, DKt = (dim_text(d) for d in (a.T, a.TK, a.D, a.DK))
-    return Launch([f"triton.cdiv({Tt}, BLOCK_M)", dim_text(dims.prod(a.batch))],
+    return Launch([f"triton.cdiv({dim_text(over)}, {block})", dim_text(dims.prod(a.batch))],
                   {"BLOCK_M": f"blocks.attention_rows({Tt})",
                    "BLOCK_N": f"blocks.attention_cols({TKt})",
                    "BLOCK_DK": f"blocks.head_dim({DKt})", "BLOCK_D": f"blocks.head_dim({Dt})"},
                   num_warps=f"blocks.attention_warps(max({DKt}, {Dt}))")
 
 
-def _describe(w: KernelWriter) -> _Attention:
-    info, o = w.kernel.info, w.kernel.anchor
-    out, q = w.shape(o), w.g.nodes[info["scores"]].srcs[0]
-    return _Attention(o, info["scores"], info["logits"], info["probs"], out[:-2], out[-2],
-                      w.shape(info["scores"])[-1], out[-1], w.shape(q)[-1])
+def reads(w: KernelWriter, index: int) -> bool:
+    """Is the op's result `index` read (by a GET in this kernel)?"""
+    return any(w.g.nodes[u].op is Op.GET and w.g.nodes[u].attrs["index"] == index
+               for u in w.kernel.nodes)
 
 
-def _attention_setup(w: KernelWriter, a: _Attention) -> tuple[tuple[Ix, ...], Ix]:
+def store_gets(w: KernelWriter, at: dict[int, tuple[Ix, tuple[Ix, ...]]]) -> None:
+    """Store the kernel's results: `at` maps a GET index to (its value, its index)."""
+    idx = {}
+    for u in w.kernel.nodes:
+        n = w.g.nodes[u]
+        if n.op is Op.GET:
+            v, idx[u] = at[n.attrs["index"]]
+            w.remember(u, idx[u], v)
+    # an epilogue of o (only the forward has one) is stored at o's index
+    store_outputs(w, {o: idx[o] if o in idx else at[0][1] for o in w.kernel.outputs})
+
+
+# ---- forward ---------------------------------------------------------------------
+
+def attention(w: KernelWriter) -> Launch:
+    a = describe(w)
+    bidx, q_tile = _attention_setup(w, a)
+    _key_loop(w, a, bidx, q_tile)
+    _attention_epilogue(w, a, bidx)
+    return launch(a, a.T, "BLOCK_M")
+
+
+def _attention_setup(w: KernelWriter, a: AttentionOp) -> tuple[tuple[Ix, ...], Ix]:
     """Program ids, the query tile, and the running softmax state."""
     w.line("pid_m = tl.program_id(0)")
-    w.line("pid_b = tl.program_id(1)")
+    bidx = batch_index(w, a)
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
-    w.line("rq = tl.arange(0, BLOCK_DK)[None, :]")
-    w.line("rdk = tl.arange(0, BLOCK_DK)[:, None]")
-    w.line("rd = tl.arange(0, BLOCK_D)[None, :]")
-    w.axes(m=("rm", f"(rm < {dim_text(a.T)})"), q=("rq", f"(rq < {dim_text(a.DK)})"),
-           dk=("rdk", f"(rdk < {dim_text(a.DK)})"), d=("rd", f"(rd < {dim_text(a.D)})"))
-    bidx = _name_index(w, ix.delinear(Ix("pid_b"), a.batch), _index_names(a.batch, "b"))
-    q = w.g.nodes[a.s].srcs[0]
-    at = bidx + (Ix("rm", frozenset("m")), Ix("rq", frozenset("q")))
-    q_tile = operand(w, q, ix.broadcast_index(at, a.batch + (a.T, a.DK), w.shape(q)), {"m", "q"})
-    f = "tl.float64" if w.dtype(a.o).value == "f64" else "tl.float32"
+    w.axes(m=("rm", f"(rm < {dim_text(a.T)})"))
+    head_axes(w, a)
+    q_tile = tile(w, a.q, bidx + (Ix("rm", frozenset("m")), Ix("rq", frozenset("q"))))
+    f = float_type(w, a)
     w.line(f"m_i = tl.full((BLOCK_M, 1), -float(\"inf\"), dtype={f})")
     w.line(f"l_i = tl.zeros((BLOCK_M, 1), dtype={f})")
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_D), dtype={f})")
-    if w.kernel.info["causal"]:
+    if a.causal:
         w.line(f"hi = tl.minimum((pid_m + 1) * BLOCK_M, {dim_text(a.TK)})"
                f"  # later keys are all masked")
     else:
@@ -85,7 +169,7 @@ def _attention_setup(w: KernelWriter, a: _Attention) -> tuple[tuple[Ix, ...], Ix
     return bidx, q_tile
 
 
-def _key_loop(w: KernelWriter, a: _Attention, bidx: tuple[Ix, ...], q_tile: Ix) -> None:
+def _key_loop(w: KernelWriter, a: AttentionOp, bidx: tuple[Ix, ...], q_tile: Ix) -> None:
     """Stream key/value tiles through the online softmax."""
     TKt = dim_text(a.TK)
     w.line("for start in range(0, hi, BLOCK_N):")
@@ -94,40 +178,35 @@ def _key_loop(w: KernelWriter, a: _Attention, bidx: tuple[Ix, ...], q_tile: Ix) 
     w.line("rnk = start + tl.arange(0, BLOCK_N)[:, None]")
     w.axes(n=("rn", f"(rn < {TKt})"), nk=("rnk", f"(rnk < {TKt})"))
     rm, rn = Ix("rm", frozenset("m")), Ix("rn", frozenset("n"))
-    kt = w.g.nodes[a.s].srcs[1]
-    at = ix.broadcast_index(bidx + (Ix("rdk", frozenset({"dk"})), rn), a.batch + (a.DK, a.TK),
-                            w.shape(kt))
-    k_tile = operand(w, kt, at, {"dk", "n"})
-    w.line(f"qk = tl.dot({q_tile.text}, {k_tile.text}{dot_precision(w, a.s)})", a.s)
-    w.remember(a.s, bidx + (rm, rn), Ix("qk", frozenset({"m", "n"})))
-    x = w.value(a.logits, bidx + (rm, rn))
+    k_tile = tile(w, a.k, bidx + (rn, Ix("rdk", frozenset({"dk"}))))
+    w.line(f"qk = tl.dot({q_tile.text}, {k_tile.text}{dot_precision(w, a.q)})", a.node)
+    x = ScoreRegion(w, a, bidx + (rm, rn)).result(0, Ix("qk", frozenset({"m", "n"})))
     w.line(f"scores = tl.where((rn < {TKt}), {x.text}, -float(\"inf\"))")
     w.line("m_new = tl.maximum(m_i, tl.max(scores, axis=1, keep_dims=True))  # online softmax")
     w.line("m_safe = tl.where(m_new == -float(\"inf\"), 0.0, m_new)  # rows with no key yet")
     w.line("p = tl.exp(scores - m_safe)")
     w.line("alpha = tl.exp(m_i - m_safe)")
-    w.line("l_i = l_i * alpha + tl.sum(p, axis=1, keep_dims=True)", a.probs)
-    v = w.g.nodes[a.o].srcs[1]
-    at = ix.broadcast_index(bidx + (Ix("rnk", frozenset({"nk"})), Ix("rd", frozenset("d"))),
-                            a.batch + (a.TK, a.D), w.shape(v))
-    v_tile = operand(w, v, at, {"nk", "d"})
+    w.line("l_i = l_i * alpha + tl.sum(p, axis=1, keep_dims=True)")
+    v_tile = tile(w, a.v, bidx + (Ix("rnk", frozenset({"nk"})), Ix("rd", frozenset("d"))))
     w.line(f"acc = acc * alpha + tl.dot(p.to({v_tile.text}.dtype), {v_tile.text}"
-           f"{dot_precision(w, a.o)})", a.o)
+           f"{dot_precision(w, a.q)})", a.node)
     w.line("m_i = m_new")
     w.pop()
 
 
-def _attention_epilogue(w: KernelWriter, a: _Attention, bidx: tuple[Ix, ...]) -> None:
-    """Normalize, store the result (and any epilogue), and the log-sum-exp."""
+def _attention_epilogue(w: KernelWriter, a: AttentionOp, bidx: tuple[Ix, ...]) -> None:
+    """Normalize; store o (and any epilogue) and, where it is read, the
+    log-sum-exp for the backward."""
     w.line("l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
-    w.line("m_fin = tl.where(m_i == -float(\"inf\"), 0.0, m_i)")
-    w.line("out = acc / l_safe", a.o)
-    at = bidx + (Ix("rm", frozenset("m")), Ix("rd", frozenset("d")))
-    w.remember(a.o, at, Ix("out", frozenset({"m", "d"})))
-    store_outputs(w, {i: at for i in w.kernel.outputs})
-    lse = w.extra_output("lse", a.batch + (a.T,), w.dtype(a.o))
-    Tt = dim_text(a.T)
-    w.line(f"tl.store({lse} + pid_b * {Tt} + rm, m_fin + tl.log(l_safe), mask=(rm < {Tt}))")
+    w.line("out = acc / l_safe", a.node)
+    rm = Ix("rm", frozenset("m"))
+    results = {0: (Ix("out", frozenset({"m", "d"})), bidx + (rm, Ix("rd", frozenset("d"))))}
+    if reads(w, 1):
+        w.line("m_fin = tl.where(m_i == -float(\"inf\"), 0.0, m_i)")
+        results[1] = (w.let("lse", "m_fin + tl.log(l_safe)", frozenset("m")), bidx + (rm,))
+    store_gets(w, results)
+
+
 def gates(w: KernelWriter) -> Launch:
     k = w.kernel
     slices, total = k.info["slices"], k.info["total"]

@@ -20,6 +20,7 @@ from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
 from .checks import BOUNDS, HEADER, Site, launcher_lines
+from .flash_bwd import attention_dkdv, attention_dq
 from .fused import attention, gates
 from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
@@ -28,7 +29,8 @@ from .windows import conv, pool
 from .writer import KernelWriter, sanitize
 
 TEMPLATES = {"pointwise": pointwise, "reduce": reduce, "matmul": matmul, "conv": conv,
-             "pool": pool, "attention": attention, "gates": gates}
+             "pool": pool, "attention": attention, "gates": gates,
+             "attention_dkdv": attention_dkdv, "attention_dq": attention_dq}
 TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "i32": "torch.int32",
                "i64": "torch.int64", "bool": "torch.bool"}
 

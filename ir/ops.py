@@ -83,6 +83,16 @@ class Op(Enum):
     MAX_POOL2D = "max_pool2d"
     AVG_POOL2D = "avg_pool2d"
     MAX_POOL2D_GRAD = "max_pool2d_grad"  # (x, dy) -> dx: dy routed to each window's first max
+    # softmax attention, recognized by passes/recognize.py. srcs (q, k, v,
+    # captured...) with q [..., T, DK], k [..., TK, DK], v [..., TK, D]; results
+    # (o, lse) read with GET. Its region `body` (FlexAttention's score_mod) maps
+    # the raw scores q @ k^T and the captured operands to the logits the
+    # softmax normalizes; `causal` says key tiles past the diagonal vanish.
+    ATTENTION = "attention"
+    # its backward: srcs (q, k, v, do, lse, delta = rowsum(do * o), captured...),
+    # results (dq, dk, dv); `body` maps (scores, d logits, captured...) to
+    # (logits, d scores), the score_mod and its derivative.
+    ATTENTION_GRAD = "attention_grad"
 
     # structure: regions holding a body Graph; results are read with GET.
     # LOOP is a scan: srcs (carries, xs, captured); the body takes (t, carries,
@@ -106,3 +116,4 @@ REDUCE = frozenset({Op.SUM, Op.MEAN, Op.MAX, Op.MIN, Op.ARGMAX})
 MOVEMENT = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.CONCAT,
                       Op.INDEX, Op.GATHER, Op.PAD, Op.FLIP})
 COMPUTE = frozenset({Op.MATMUL, Op.CONV2D, Op.MAX_POOL2D, Op.AVG_POOL2D, Op.MAX_POOL2D_GRAD})
+ATTENTION_OPS = frozenset({Op.ATTENTION, Op.ATTENTION_GRAD})

@@ -301,6 +301,57 @@ def _pool_grad(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return x
 
 
+def score_type(ins: list[TensorType]) -> TensorType:
+    """The raw scores q @ k^T of an attention op's (q, k, ...), after checking
+    that q [..., T, DK], k [..., TK, DK] and v [..., TK, D] agree."""
+    q, k, v = ins[:3]
+    if any(t.rank < 2 or t.shape[:-2] != q.shape[:-2] for t in (q, k, v)) or not (
+            q.shape[-1] == k.shape[-1] and k.shape[-2] == v.shape[-2]):
+        raise ShapeError(f"attention expects q [..., T, DK], k [..., TK, DK], v [..., TK, D] "
+                         f"with one batch shape, found {q}, {k}, {v}")
+    if not q.dtype.is_float or len({q.dtype, k.dtype, v.dtype}) != 1:
+        raise ShapeError(f"attention expects q, k, v of one float dtype, found {q}, {k}, {v}")
+    return _t(q.shape[:-1] + k.shape[-2:-1], q.dtype)
+
+
+def score_inputs(op: Op, ins: list[TensorType]) -> list[TensorType]:
+    """What an attention op's region takes: the scores (and, for the backward,
+    the logits' cotangent, of the same type), then the captured operands."""
+    s = score_type(ins)
+    return [s, *ins[3:]] if op is Op.ATTENTION else [s, s, *ins[6:]]
+
+
+def _region_outputs(op: Op, attrs: dict[str, Any], s: TensorType) -> None:
+    body = attrs["body"]
+    outs = [body[o].type for o in body.outputs]
+    expected = [s] if op is Op.ATTENTION else [s, s]
+    if outs != expected:
+        raise ShapeError(f"{op.value}: its score region returns "
+                         f"{', '.join(map(str, outs))}, expected {', '.join(map(str, expected))}")
+
+
+def _results(s: TensorType, v: TensorType) -> tuple[TensorType, TensorType]:
+    return _t(s.shape[:-1] + v.shape[-1:], s.dtype), _t(s.shape[:-1], s.dtype)
+
+
+def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
+    """(o [..., T, D], lse [..., T])."""
+    s = score_type(ins)
+    _region_outputs(Op.ATTENTION, attrs, s)
+    return _results(s, ins[2])
+
+
+def _attention_grad(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
+    """(dq, dk, dv), typed as q, k, v; do, lse and delta typed as o and lse."""
+    s = score_type(ins)
+    _region_outputs(Op.ATTENTION_GRAD, attrs, s)
+    o, lse = _results(s, ins[2])
+    if len(ins) < 6 or ins[3:6] != [o, lse, lse]:
+        raise ShapeError(f"attention_grad expects do {o}, lse {lse} and delta {lse}, found "
+                         f"{', '.join(map(str, ins[3:6]))}")
+    return ins[0], ins[1], ins[2]
+
+
 def _region(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
     body = attrs["body"]
     return tuple(body[o].tensor for o in body.outputs)
@@ -331,5 +382,6 @@ shape_rules: dict[Op, Any] = {
     Op.CONCAT: _concat, Op.INDEX: _index, Op.GATHER: _gather, Op.PAD: _pad, Op.FLIP: _flip,
     Op.MATMUL: _matmul, Op.CONV2D: _conv2d, Op.MAX_POOL2D: _pool, Op.AVG_POOL2D: _pool,
     Op.MAX_POOL2D_GRAD: _pool_grad,
+    Op.ATTENTION: _attention, Op.ATTENTION_GRAD: _attention_grad,
     Op.CALL: _region, Op.LOOP: _scan, Op.GET: _get,
 }

@@ -7,7 +7,8 @@ recursively, and against their node: a CALL's body takes exactly its srcs; a
 LOOP (scan) body takes the step counter (i32[]), the carried values, one step
 of each per-step input (xs without their leading [length] axis), then the
 captured ones, and returns new carried values of the same types, then its
-per-step outputs.
+per-step outputs. An attention op's score region takes the score tile (and,
+for the backward, its cotangent), then the captured operands.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections.abc import Sequence
 
 from .dtypes import DType
 from .graph import Graph, Node, ShapeError, TensorType, Type
-from .ops import Op
-from .shapes import shape_rules
+from .ops import ATTENTION_OPS, Op
+from .shapes import score_inputs, shape_rules
 
 
 class VerifyError(Exception):
@@ -75,6 +76,8 @@ def _check_region(g: Graph, i: int) -> None:
     passed = [g.nodes[s].type for s in n.srcs]
     if n.op is Op.LOOP:
         passed = _scan_passes(n, passed, body, where)
+    elif n.op in ATTENTION_OPS:
+        passed = list(score_inputs(n.op, [g.nodes[s].tensor for s in n.srcs]))
     received = [body.nodes[b].type for b in body.inputs]
     if received != passed:
         raise VerifyError(f"{where} passes {_types(passed)} but its body takes "

@@ -19,10 +19,11 @@ and records the decisions in a `Plan`). The rules:
 - LOOP regions are planned recursively; the launcher runs the body's kernels
   once per step.
 
-Before these rules run, passes/patterns.py claims whole subgraphs for the two
-pattern kernels, attention and gates (an LSTM step); their nodes are then
-out of the generic rules' reach, except that elementwise readers of a gates
-kernel's slices, or of an attention output, may join it as an epilogue.
+Before these rules run, passes/patterns.py claims whole subgraphs for the
+gates pattern kernel (an LSTM step); their nodes are then out of the generic
+rules' reach, except that elementwise readers of a gates kernel's slices may
+join it as an epilogue. An attention op is a kernel of its own (elementwise
+readers of o may join it too); its backward, two kernels (FlashAttention-2).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from typing import Any
 from ember.ir import dims
 from ember.ir.dims import Shape
 from ember.ir.graph import Graph
-from ember.ir.ops import COMPUTE, ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
+from ember.ir.ops import ATTENTION_OPS, COMPUTE, ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Op
 
 from .patterns import find_matches
 
 ANCHORS = COMPUTE | REDUCE
+ATTENTION_GRAD_KINDS = frozenset({"attention_dkdv", "attention_dq"})
+ATTENTION_KINDS = ATTENTION_GRAD_KINDS | {"attention"}
 FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND, Op.DIM}) | MOVEMENT
 
 
@@ -45,7 +48,7 @@ FREE = frozenset({Op.CONST, Op.FULL, Op.IOTA, Op.RAND, Op.DIM}) | MOVEMENT
 class Kernel:
     """One generated kernel: an anchor (or a pointwise root) and what joined it."""
 
-    kind: str    # pointwise | reduce | matmul | conv | pool | attention | gates
+    kind: str    # pointwise | reduce | matmul | conv | pool | attention(_dkdv|_dq) | gates
     anchor: int
     nodes: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
@@ -84,6 +87,8 @@ def fuse(g: Graph, enabled: bool = True) -> Plan:
             continue
         if n.op is Op.LOOP:
             plan.loops[i] = fuse(n.attrs["body"], enabled)
+        elif n.op in ATTENTION_OPS:
+            _place_attention(plan, i)
         elif n.op in ANCHORS:
             _place_anchor(plan, i, enabled)
         elif n.op in ELEMENTWISE and enabled:
@@ -120,15 +125,23 @@ def can_join(plan: Plan, k: int, i: int) -> str | None:
                         f"{dims.fmt(full)}")
     elif n.op in REDUCE:
         return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
-    elif shape != g.nodes[kern.anchor].tensor.shape:
+    elif kern.kind in ATTENTION_GRAD_KINDS:
+        return f"the {kern.kind} kernel stores its gradients as they are"
+    elif shape != out_shape(g, kern):
         return (f"{n.op.value} {dims.fmt(shape)} does not match the {kern.kind} output "
-                f"{dims.fmt(g.nodes[kern.anchor].tensor.shape)}")
+                f"{dims.fmt(out_shape(g, kern))}")
     for s in n.srcs:
         if plan.home.get(s) != k and k in _reads(plan, s):
             return f"an operand reaches kernel {k} through a view or another kernel"
     if any(_depends_on(plan, d, k) for s in n.srcs for d in _reads(plan, s) if d != k):
         return "joining would make two kernels wait for each other"
     return None
+
+
+def out_shape(g: Graph, kern: Kernel) -> Shape:
+    """The shape of the anchor's result (of o, for an attention op)."""
+    t = g.nodes[kern.anchor].type
+    return (t[0] if isinstance(t, tuple) else t).shape
 
 
 def _in_reduce_space(shape: Shape, space: tuple[Shape, tuple[int, ...]]) -> bool:
@@ -185,6 +198,25 @@ def _new_kernel(plan: Plan, kind: str, i: int) -> None:
         kern.space = (plan.graph.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"])
     plan.kernels.append(kern)
     plan.home[i] = len(plan.kernels) - 1
+
+
+def _place_attention(plan: Plan, i: int) -> None:
+    """An attention op is a kernel with its GETs; its backward is two, in the
+    FlashAttention-2 shape: one over key blocks computes dk and dv, a second
+    over query blocks dq (it runs after the first: it reads the op's operands,
+    not its results)."""
+    g = plan.graph
+    gets = [u for u in g.users()[i] if g.nodes[u].op is Op.GET]
+    if g.nodes[i].op is Op.ATTENTION:
+        parts = [("attention", gets)]
+    else:  # a kernel for the results that are read: dq is index 0
+        dq = [u for u in gets if g.nodes[u].attrs["index"] == 0]
+        parts = [p for p in [("attention_dkdv", [u for u in gets if u not in dq]),
+                             ("attention_dq", dq)] if p[1]]
+    parts[0][1].append(i)
+    for kind, nodes in parts:
+        plan.kernels.append(Kernel(kind, i, sorted(nodes)))
+        plan.home.update({u: len(plan.kernels) - 1 for u in nodes})
 
 
 def _join(plan: Plan, k: int, i: int) -> None:
@@ -279,8 +311,8 @@ def _mark_outputs(plan: Plan) -> None:
     users = g.users()
     graph_outs = set(g.outputs)
     for k, kern in enumerate(plan.kernels):
-        kern.outputs = [i for i in kern.nodes
-                        if i in graph_outs or any(plan.home.get(u) != k for u in users[i])]
+        kern.outputs = [i for i in kern.nodes if not isinstance(g.nodes[i].type, tuple) and (
+            i in graph_outs or any(plan.home.get(u) != k for u in users[i]))]
 
 
 def _schedule(plan: Plan) -> list[int]:
@@ -310,8 +342,9 @@ def _name_kernels(plan: Plan) -> None:
             name = g.nodes[i].op.value
             if name not in ops and not (kern.kind == "gates" and name in GATE_OPS):
                 ops.append(name)
-        if kern.kind == "attention":
-            ops = ["attention"] + ops[ops.index("div") + 2:] if "div" in ops else ["attention"]
+        if kern.kind in ATTENTION_KINDS:
+            ops = [kern.kind] + [op for op in ops if op not in ("attention", "attention_grad",
+                                                                "get")]
         elif kern.kind == "gates":
             ops = ["gates"] + ops
         # at most four ops: the first three and the last (often the activation)

@@ -83,7 +83,7 @@ def activity(g: Graph, seeds: set[int]) -> set[int]:
             if scan_is_active(n, [s in active for s in n.srcs]):
                 active.add(i)
             continue
-        if not n.tensor.dtype.is_float:
+        if not (n.type if isinstance(n.type, tuple) else (n.type,))[0].dtype.is_float:
             continue
         origin = i in seeds or n.op is Op.PARAM
         if origin or (n.op not in NON_DIFFERENTIABLE and any(s in active for s in n.srcs)):
@@ -125,6 +125,9 @@ def backprop(b: Builder, g: Graph, vals: list[int], cts: Cts, active: set[int]) 
         if n.op is Op.LOOP:
             src_cts = scan_vjp(b, n, vals[i], [vals[s] for s in n.srcs],
                                tuple_cts.get(i, {}), [s in active for s in n.srcs])
+        elif isinstance(n.type, tuple) and i in tuple_cts:  # attention: by result index
+            src_cts = vjp_rules[n.op](Emit(b, n.loc), n, [vals[s] for s in n.srcs], vals[i],
+                                      tuple_cts[i])
         elif i in cts:
             e = Emit(b, n.loc)
             src_cts = vjp_rules[n.op](e, n, [vals[s] for s in n.srcs], vals[i],

@@ -9,6 +9,7 @@ from ember.ir.verify import verify
 
 from .cleanup import cse, dce
 from .inline import inline
+from .recognize import recognize
 from .shapes import infer_shapes
 from .simplify import fold_constants, simplify
 
@@ -19,6 +20,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("infer_shapes", infer_shapes),     # re-derive every type from the shape rules
     ("fold_constants", fold_constants), # scalar constant arithmetic at compile time
     ("simplify", simplify),             # x*1, x+0, reshape/permute chains, ...
+    ("recognize", recognize),           # softmax attention -> one attention op
     ("cse", cse),                       # one node per distinct computation
     ("dce", dce),                       # drop what no output needs
 ]

@@ -24,9 +24,11 @@ from typing import Any
 
 from ember.ir import dims
 from ember.ir.dims import Dim, Shape
-from ember.ir.graph import Builder, Node, TensorType
+from ember.ir.graph import Builder, Graph, Node, TensorType
 from ember.ir.loc import Loc
 from ember.ir.ops import COMPARE, LEAF, LOGICAL, Op
+
+from .rewrite import copy_node
 
 Ct = int | None
 
@@ -359,6 +361,59 @@ def _max_pool2d(e: Emit, n: Node, x: list[int], y: int, d: int) -> list[Ct]:
     return [e(Op.MAX_POOL2D_GRAD, x[0], d, **n.attrs)]
 
 
+# ---- attention ------------------------------------------------------------------
+
+def _attention(e: Emit, n: Node, x: list[int], y: int, cts: dict[int, int]) -> list[Ct]:
+    """FlashAttention-2's backward as one op (dq, dk, dv) from the saved lse and
+    delta = rowsum(do * o); a cotangent of lse folds into delta (d lse / dx = p)."""
+    q, k, v, *captured = x
+    o, lse = (e(Op.GET, y, index=i) for i in (0, 1))
+    do = cts[0] if 0 in cts else e.zeros(e.type(o))
+    delta = e(Op.SUM, e(Op.MUL, do, o), axes=(len(e.shape(o)) - 1,), keepdims=False)
+    if 1 in cts:
+        delta = e(Op.SUB, delta, cts[1])
+    body = score_grad_region(n.attrs["body"])
+    g = e(Op.ATTENTION_GRAD, q, k, v, do, lse, delta, *captured, causal=n.attrs["causal"],
+          body=body)
+    return [*(e(Op.GET, g, index=i) for i in range(3)), *_captured(e, n, x, do, lse, delta)]
+
+
+def score_grad_region(body: Graph) -> Graph:
+    """The backward's region: (s, dx, captured...) -> (logits, ds), the score_mod
+    region and its derivative, written by these same rules."""
+    from .grad import activity, backprop, copy_forward, total
+    b = Builder("score_grad")
+    ins = [copy_node(b, body.nodes[i], ()) for i in body.inputs]
+    s = body.nodes[body.inputs[0]]
+    dx = b.add(Op.INPUT, (), {**s.attrs, "name": "dx"}, s.loc)
+    vals = copy_forward(b, body, set(), dict(zip(body.inputs, ins)))
+    out = body.outputs[0]
+    cts = backprop(b, body, vals, {out: [dx]}, activity(body, {body.inputs[0]}))
+    ds = total(Emit(b, s.loc), cts.get(body.inputs[0], []), s)
+    return b.build((ins[0], dx, *ins[1:]), (vals[out], ds), ("logits", "d_scores"))
+
+
+def _captured(e: Emit, n: Node, x: list[int], do: int, lse: int, delta: int) -> list[Ct]:
+    """Gradients of captured float operands (an additive mask, a learned bias):
+    they need the T x T logits' cotangent p (do v^T - delta), so it is computed
+    in primitives and sent through the region's own rules. dce drops it where
+    no captured operand is active."""
+    from .grad import activity, backprop, copy_forward, total
+    q, k, v, *captured = x
+    body = n.attrs["body"]
+    if not any(e.type(c).dtype.is_float for c in captured):
+        return [None] * len(captured)
+    vals = copy_forward(e.b, body, set(), dict(zip(body.inputs, [e(Op.MATMUL, q, _t(e, k)),
+                                                                 *captured])))
+    logits = vals[body.outputs[0]]
+    p = e(Op.EXP, e(Op.SUB, logits, e.reshape(lse, (*e.shape(lse), 1))))
+    dp = e(Op.SUB, e(Op.MATMUL, do, _t(e, v)), e.reshape(delta, (*e.shape(delta), 1)))
+    seeds = {i for i in body.inputs[1:] if body.nodes[i].tensor.dtype.is_float}
+    cts = backprop(e.b, body, vals, {body.outputs[0]: [e(Op.MUL, p, dp)]},
+                   activity(body, seeds))
+    return [total(e, cts[i], body.nodes[i]) if i in seeds else None for i in body.inputs[1:]]
+
+
 vjp_rules: dict[Op, Any] = {
     **ELEMENTWISE_RULES,
     Op.SUM: _sum, Op.MEAN: _mean, Op.MAX: _max, Op.MIN: _max,
@@ -368,12 +423,14 @@ vjp_rules: dict[Op, Any] = {
     Op.FLIP: lambda e, n, x, y, d: [e(Op.FLIP, d, axes=n.attrs["axes"])],
     Op.MATMUL: _matmul, Op.CONV2D: _conv2d,
     Op.MAX_POOL2D: _max_pool2d, Op.AVG_POOL2D: _avg_pool2d,
+    Op.ATTENTION: _attention,
 }
 
 # Ops whose result has no derivative to propagate: leaves (gradients end at
 # PARAM and INPUT, where the pass reads them off), integer or boolean results,
-# STOP_GRAD by definition, and MAX_POOL2D_GRAD (no second derivatives). CALL
-# is inlined and LOOP/GET are handled by the pass itself (passes/scan_grad.py).
+# STOP_GRAD by definition, MAX_POOL2D_GRAD and ATTENTION_GRAD (no second
+# derivatives). CALL is inlined and LOOP/GET are handled by the pass itself
+# (passes/scan_grad.py).
 NON_DIFFERENTIABLE = (LEAF | COMPARE | LOGICAL |
-                      {Op.NOT, Op.ARGMAX, Op.STOP_GRAD, Op.MAX_POOL2D_GRAD})
+                      {Op.NOT, Op.ARGMAX, Op.STOP_GRAD, Op.MAX_POOL2D_GRAD, Op.ATTENTION_GRAD})
 STRUCTURAL = frozenset({Op.CALL, Op.LOOP, Op.GET})

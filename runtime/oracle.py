@@ -199,6 +199,33 @@ def _stack(n: Node, ys: list[list[Any]], length: int, ctx: Ctx) -> list[np.ndarr
             for j, t in enumerate(types)]
 
 
+def _swap(x: np.ndarray) -> np.ndarray:
+    return np.swapaxes(x, -1, -2)
+
+
+def _attention(n: Node, a: list[Any], ctx: Ctx) -> tuple[np.ndarray, np.ndarray]:
+    """The naive reference: the T x T logits, the softmax every builtin
+    spells (max, sub, exp, sum, div), then p @ v; and log-sum-exp per row."""
+    q, k, v, *captured = a
+    (x,) = run_graph(n.attrs["body"], [q @ _swap(k), *captured], ctx)
+    m = np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x - m)
+    z = np.sum(e, axis=-1, keepdims=True)
+    return (e / z) @ v, (m + np.log(z))[..., 0]
+
+
+def _attention_grad(n: Node, a: list[Any], ctx: Ctx) -> tuple[np.ndarray, ...]:
+    """The naive backward from the saved lse: p = exp(x - lse), dv = p^T do,
+    dx = p (do v^T - delta), ds from the region, dq = ds k, dk = ds^T q."""
+    q, k, v, do, lse, delta, *captured = a
+    s = q @ _swap(k)
+    x, _ = run_graph(n.attrs["body"], [s, np.zeros_like(s), *captured], ctx)
+    p = np.exp(x - lse[..., None])
+    dx = p * (do @ _swap(v) - delta[..., None])
+    _, ds = run_graph(n.attrs["body"], [s, dx, *captured], ctx)
+    return ds @ k, _swap(ds) @ q, _swap(p) @ do
+
+
 eval_rules: dict[Op, Rule] = {
     Op.INPUT: lambda n, a, ctx: None,  # bound before the walk
     Op.PARAM: _param,
@@ -237,6 +264,7 @@ eval_rules: dict[Op, Rule] = {
     Op.MAX_POOL2D: lambda n, a, ctx: max_pool2d(a[0], **n.attrs),
     Op.AVG_POOL2D: lambda n, a, ctx: avg_pool2d(a[0], **n.attrs),
     Op.MAX_POOL2D_GRAD: lambda n, a, ctx: max_pool2d_grad(*a, **n.attrs),
+    Op.ATTENTION: _attention, Op.ATTENTION_GRAD: _attention_grad,
     Op.CALL: _call, Op.LOOP: _loop,
     Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
 }

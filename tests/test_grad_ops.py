@@ -203,6 +203,8 @@ def built(fn: Callable[[Builder, Callable[..., int]], int]) -> Callable[[], Grap
 
 X = "x: f64[B, 3]"
 AB = "a: f64[B, 1, 3], b: f64[4, 1]"   # broadcast both ways, size-1 axes
+QKV = "q: f64[B, 2, T, 3], k: f64[B, 2, T, 3], v: f64[B, 2, T, 4]"
+
 CASES: dict[str, Case] = {
     # elementwise unary
     "neg": Case(dsl(X, "f64[B, 3]", "-x")),
@@ -292,6 +294,13 @@ CASES: dict[str, Case] = {
     "cross_entropy": Case(dsl("x: f64[B, T, 5], y: i32[B, T]", "f64[]", "cross_entropy(x, y)"),
                           {"y": 5}),
     "gelu": Case(dsl(X, "f64[B, 3]", "gelu(x)")),
+    # attention (recognized into one op; passes/recognize.py): causal and scaled,
+    # and with an additive mask, an input whose gradient goes through the region
+    "attention_causal": Case(dsl(QKV, "f64[B, 2, T, 4]",
+                                 "softmax(where(causal_mask(T), s, -1e9)) @ v",
+                                 "    let s = (q @ transpose(k)) * 0.5\n")),
+    "attention_additive_mask": Case(dsl(f"{QKV}, m: f64[T, T]", "f64[B, 2, T, 4]",
+                                        "softmax(q @ transpose(k) / 2.0 + m) @ v")),
 }
 
 

@@ -213,6 +213,26 @@ def _stacked(n: Node, ys: list[list[Any]], ctx: Ctx) -> list[torch.Tensor]:
             for t in types]
 
 
+def _attention(n: Node, a: list[Any], ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(logits) @ v and logsumexp(logits), the logits from the region."""
+    q, k, v, *captured = a
+    (x,) = _run(n.attrs["body"], [q @ k.transpose(-1, -2), *captured], ctx)
+    return torch.softmax(x, dim=-1) @ v, torch.logsumexp(x, dim=-1)
+
+
+def _attention_grad(n: Node, a: list[Any], ctx: Ctx) -> tuple[torch.Tensor, ...]:
+    """From the saved lse and delta; the region's logits differentiated by
+    torch.autograd (its second result, our own derivative, is not used)."""
+    q, k, v, do, lse, delta, *captured = a
+    with torch.enable_grad():
+        s = (q @ k.transpose(-1, -2)).detach().requires_grad_(True)
+        x, _ = _run(n.attrs["body"], [s, torch.zeros_like(s), *captured], ctx)
+        p = torch.exp(x.detach() - lse[..., None])
+        dx = p * (do @ v.transpose(-1, -2) - delta[..., None])
+        (ds,) = torch.autograd.grad(x, s, dx)
+    return ds @ k, ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ do
+
+
 torch_rules: dict[Op, TorchRule] = {
     Op.INPUT: lambda n, a, ctx: None,  # bound before the walk
     Op.PARAM: lambda n, a, ctx: ctx.params[n.attrs["name"]],
@@ -250,6 +270,7 @@ torch_rules: dict[Op, TorchRule] = {
     Op.MAX_POOL2D: _pool(F.max_pool2d),
     Op.AVG_POOL2D: _pool(F.avg_pool2d, count_include_pad=True),
     Op.MAX_POOL2D_GRAD: _pool_grad,
+    Op.ATTENTION: _attention, Op.ATTENTION_GRAD: _attention_grad,
     Op.CALL: _call, Op.LOOP: _loop,
     Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
 }
