@@ -397,13 +397,15 @@ class Gen:
     def loop(self) -> bool:
         a = self.pick(lambda v: v.rank == 2 and 1 in v.static_axes())
         if a is None:
-            return False
+            sym = self.rng.random() < 0.5
+            a = self.input((self.batch if sym else self.rng.choice(SIZES),
+                            self.rng.choice(SIZES)), sym)
         n, steps = a.shape[1], self.rng.randint(1, 4)
         w = self.param((n, n), "normal(0.3)")
         seq = self.input((a.shape[0], steps, n), a.sym)
         h = self.let(f"tanh({a.name})", a.shape, a.sym)
         body = f"tanh({h.name} @ {w.name} + {seq.name}[:, t, :])"
-        if self.rng.random() < 0.3:
+        if self.rng.random() < 0.4:
             body = f"dropout({body}, p=0.2)"
         self.lines.append(f"for t in range({steps}) {{\n      {h.name} = {body}\n    }}")
         return True
@@ -434,19 +436,19 @@ OPS: list[tuple[float, Callable[[Gen], bool]]] = [
     (4, Gen.unary), (4, Gen.binary), (1.5, Gen.where), (2, Gen.reduce), (0.7, Gen.argmax),
     (2, Gen.matmul), (1.5, Gen.conv), (1, Gen.pool), (1, Gen.permute), (1.5, Gen.reshape),
     (1.5, Gen.slice), (1, Gen.unsqueeze), (0.7, Gen.squeeze), (1, Gen.concat), (0.7, Gen.split),
-    (0.7, Gen.broadcast), (1.2, Gen.normalize), (0.8, Gen.dropout), (0.8, Gen.embedding),
-    (0.6, Gen.loss), (1, Gen.loop), (0.8, Gen.call),
+    (0.7, Gen.broadcast), (1.2, Gen.normalize), (1.2, Gen.dropout), (0.8, Gen.embedding),
+    (0.6, Gen.loss), (1.2, Gen.loop), (0.8, Gen.call),
 ]
 
 
 def generate(seed: int, max_ops: int = 8) -> Program:
     """One random valid model; the same seed always gives the same program."""
     rng = random.Random(seed)
-    gen = Gen(rng, batch=rng.choice((1, 2, 3)), train=rng.random() < 0.3)
+    gen = Gen(rng, batch=rng.choice((1, 2, 3)), train=rng.random() < 0.4)
     sym = rng.random() < 0.5
     first = (gen.batch, *gen.shape(rng.randint(0, 3))) if sym else gen.shape(rng.randint(0, 4))
     gen.input(first, sym)
-    if rng.random() < 0.4:
+    if rng.random() < 0.5:  # an image, for conv2d and pooling
         gen.input((gen.batch if sym else 2, rng.choice((1, 2, 3)), *gen.shape(2)), sym)
     weights, ops = [w for w, _ in OPS], [op for _, op in OPS]
     for _ in range(rng.randint(1, max_ops)):
