@@ -464,3 +464,20 @@ def test_loops_in_the_language(name: str, T: int) -> None:
     got = check(Case(model(LOOPS[name], train=True), env={"B": 2, "T": T}))
     weights = [v for k, v in got.items() if k not in ("x", "h", "c")]
     assert weights and all(bool(np.any(v)) == (T > 0) for v in weights)
+
+
+def test_dropout_masks_are_recomputed_not_stored() -> None:
+    """The backward scan draws from the forward's random stream, and nothing the
+    forward saves per step depends on a random draw."""
+    gg = differentiate(with_loss(model(LOOPS["dropout"], train=True)()))
+    loops = [n for n in gg.nodes if n.op is Op.LOOP]
+    streams = [{m.attrs["stream"] for m in walk_nodes(n.attrs["body"]) if m.op is Op.RAND}
+               for n in loops]
+    assert len(loops) == 2 and len(streams[0]) == 1 and streams[0] == streams[1]
+    body = loops[0].attrs["body"]
+    random: set[int] = set()
+    for i, m in enumerate(body.nodes):
+        if m.op is Op.RAND or random.intersection(m.srcs):
+            random.add(i)
+    saved = [o for o, name in zip(body.outputs, body.output_names) if name.startswith("saved")]
+    assert saved and random and not random.intersection(saved)
