@@ -41,7 +41,9 @@ from torch_ir import evaluate_torch
 from util import MODEL_NAMES, MODELS, perturb
 
 from ember import api, cli
-from ember.ir.graph import Graph
+from ember.ir.graph import Graph, walk_nodes
+from ember.ir.loc import UNKNOWN
+from ember.ir.ops import Op
 from ember.lang.emitter import Options
 from ember.lang.parser import parse
 from ember.runtime.cache import CodeCache
@@ -177,6 +179,14 @@ def test_train_grads_match_torch(model: str, backend: str, float64: bool) -> Non
     want = twin_grads(model, params, inputs, train=True, keep=keep)
     assert_grads_close(got, want, TOL64 if float64 else RTOL32)
     assert not any(".running_" in k for k in got)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_backward_nodes_keep_source_locations(model: str) -> None:
+    """So kernel headers name the DSL line a backward kernel differentiates
+    (only the inputs of a backward scan's body, which no kernel computes, have none)."""
+    g = grad_graph(model, False, False)
+    assert [n.op for n in walk_nodes(g) if n.loc == UNKNOWN and n.op is not Op.INPUT] == []
 
 
 # ---- attention, as tests/test_fused_patterns.py spells it --------------------------------
