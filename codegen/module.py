@@ -25,11 +25,11 @@ from .fused import attention, gates
 from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
 from .templates import Launch, matmul, pointwise, reduce
-from .windows import conv, pool
+from .windows import conv, pool, pool_grad
 from .writer import KernelWriter, sanitize
 
 TEMPLATES = {"pointwise": pointwise, "reduce": reduce, "matmul": matmul, "conv": conv,
-             "pool": pool, "attention": attention, "gates": gates,
+             "pool": pool, "pool_grad": pool_grad, "attention": attention, "gates": gates,
              "attention_dkdv": attention_dkdv, "attention_dq": attention_dq}
 TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "i32": "torch.int32",
                "i64": "torch.int64", "bool": "torch.bool"}

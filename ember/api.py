@@ -28,6 +28,7 @@ from ember.passes.grad import grad as differentiate
 from ember.passes.pipeline import optimize
 from ember.passes.shapes import bind_dims
 from ember.runtime import init, oracle
+from ember.runtime.inputs import check_dim_names
 
 
 def read_source(path: str | Path) -> str:
@@ -37,7 +38,7 @@ def read_source(path: str | Path) -> str:
     if not p.is_file():
         raise DSLError(f"'{path}' is not a file; expected a .ember model file")
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8-sig")  # a byte-order mark is not source
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise DSLError(f"cannot read model file '{path}': {reason}") from None
@@ -57,6 +58,7 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
     named `grad.<name>`."""
     g = lower(program, entry, options)
     if dims:
+        check_dim_names(g, dims)
         g = bind_dims(g, dims)
     if stage == "ir":
         return verify(g)

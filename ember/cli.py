@@ -7,32 +7,64 @@ Exit codes: 0 ok; 1 a user error (located, printed without a traceback);
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ember.ir.loc import DSLError
+from ember.runtime.files import ensure_distinct, printable
 
 from . import commands
 from .backends import BACKENDS, DOT_PRECISIONS
 
+# Dims are sizes of real arrays: 2**40 along one axis is already far beyond any
+# machine's memory (that is reported with the bytes needed, once the model is
+# known), so a larger value is a typo such as B=10**30, refused right away.
+MAX_DIM = 2**40
+INT = re.compile(r"[0-9]+")  # ASCII only: str.isdigit accepts '²', which int() rejects
+
 
 def _dims(text: str) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for part in filter(None, text.split(",")):
-        name, _, value = part.partition("=")
-        if not name.strip().isidentifier() or not value.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"expected NAME=INT[,NAME=INT...], found '{part}'")
-        out[name.strip()] = int(value)
+        name, _, value = (p.strip() for p in part.partition("="))
+        if not name.isidentifier() or not INT.fullmatch(value):
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=INT[,NAME=INT...], found '{printable(part)}'")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"{name} is given twice ({name}={out[name]} and "
+                                             f"{name}={printable(value)})")
+        if len(value) > 15 or int(value) > MAX_DIM:
+            raise argparse.ArgumentTypeError(
+                f"{name}={printable(value, 40)} is too large: dims are at most {MAX_DIM}")
+        out[name] = int(value)
     return out
 
 
 def _input_pair(text: str) -> str:
     name, sep, file = text.partition("=")
     if not sep or not name.strip() or not file:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, found '{text}'")
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, found '{printable(text)}'")
     return text
+
+
+def _seed(text: str) -> int:
+    if not INT.fullmatch(text.strip()) or int(text) >= 2**63:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, 2**63), found '{printable(text, 40)}'")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that its messages never echo raw control characters
+    or a whole 100 kB argument back to the terminal."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_lines(message))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -56,7 +88,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ember", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ember", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ember {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="print a compilation stage")
@@ -82,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-grads", metavar="FILE",
                    help="with --grad: write the gradients keyed by parameter name "
                         "(.npz or .safetensors); input gradients as input.<name>")
-    r.add_argument("--seed", type=int, default=0,
+    r.add_argument("--seed", type=_seed, default=0,
                    help="seed for parameter init, random inputs and dropout (0)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write outputs by name")
     return parser
@@ -93,13 +125,69 @@ def _version() -> str:
     return __version__
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that are meaningless together are usage errors, not ignored."""
+    if args.command == "compile":
+        if args.output and args.emit != "triton":
+            parser.error(f"-o writes the generated module: it needs --emit triton, "
+                         f"not --emit {args.emit}")
+        if args.json and args.emit != "report":
+            parser.error(f"--json prints the report as JSON: it needs --emit report, "
+                         f"not --emit {args.emit}")
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    """No output of `ember run` may replace one of its inputs (exit 1)."""
+    if args.command != "run":
+        return
+    inputs = [("the model file", args.model), ("--params", args.params),
+              ("--inputs", args.inputs)]
+    inputs += [("--input", pair.partition("=")[2]) for pair in args.input]
+    outputs = [("-o", args.output), ("--save-params", args.save_params),
+               ("--save-grads", args.save_grads)]
+    ensure_distinct(outputs, inputs)
+
+
+def _lines(text: str) -> str:
+    return "\n".join(printable(line, 500) for line in text.split("\n"))
+
+
+def _shown(e: DSLError) -> DSLError:
+    """e with its text safe to print: escaped, cut, and a long source line
+    shown as a window around the caret."""
+    loc = e.loc
+    if loc.source_line:
+        line, col, end = _window(loc.source_line, loc.col, loc.end_col or loc.col + 1)
+        loc = dataclasses.replace(loc, source_line=line, col=col, end_col=end)
+    return DSLError(_lines(e.message), loc, _lines(e.note))
+
+
+def _window(src: str, col: int, end: int, width: int = 160) -> tuple[str, int, int]:
+    """(text, col, end_col) of at most `width` characters of src around the span
+    [col, end) (1-based), escaped; the columns follow the escapes."""
+    def esc(t: str) -> str:
+        return printable(t.replace("\t", " "), len(t) * 4)
+    head, span, tail = esc(src[:col - 1]), esc(src[col - 1:end - 1]), esc(src[end - 1:])
+    text, col, end = head + span + tail, len(head) + 1, len(head) + len(span) + 1
+    if len(text) <= width:
+        return text, col, end
+    start = max(0, min(col - 1 - width // 2, len(text) - width))
+    cut = ("..." if start else "") + text[start:start + width] + (
+        "..." if start + width < len(text) else "")
+    shift = start - (3 if start else 0)
+    return cut, col - shift, min(end - shift, len(cut) + 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
     try:
+        _check_files(args)
         return commands.COMMANDS[args.command](args)
     except DSLError as e:
         # like argparse's `ember: error: ...` when there is no source line to point at
-        print(("" if e.loc.known else "ember: ") + e.render(), file=sys.stderr)
+        print(("" if e.loc.known else "ember: ") + _shown(e).render(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -13,8 +13,9 @@ from ember.ir.printer import print_graph
 from ember.lang import ast
 from ember.lang.astprint import format_ast
 from ember.lang.emitter import Options
-from ember.runtime.inputs import draw_inputs, load_inputs
-from ember.runtime.params_io import check_params, load_params, save_params
+from ember.runtime.files import write_atomic
+from ember.runtime.inputs import draw_inputs, ensure_fits, load_inputs
+from ember.runtime.params_io import check_params, load_params, save_npz, save_params
 
 from . import api, backends
 
@@ -97,17 +98,14 @@ def _check(args: argparse.Namespace, g: Graph, inputs: dict[str, np.ndarray],
 
 
 def _save_outputs(path: str, outs: dict[str, np.ndarray]) -> None:
-    try:
-        with open(path, "wb") as f:  # a file object, so np.savez adds no ".npz" to the name
-            np.savez(f, **outs)  # type: ignore[arg-type]  # (numpy stub: **kw as allow_pickle)
-    except OSError as e:
-        raise DSLError(f"cannot write outputs to '{path}': {e.strerror or e}") from None
+    write_atomic(path, lambda f: save_npz(f, outs), "outputs to")
 
 
 def _params(program: ast.Program, args: argparse.Namespace) -> dict[str, np.ndarray]:
     """The model's whole state dict: loaded strictly, or initialized; the same
     names whichever entry or mode runs."""
     expected = {k: t for k, (t, _) in api.model_params(program, _options(args)).items()}
+    ensure_fits("the parameters", list(expected.items()), {})
     if args.params:
         params = load_params(args.params)
         check_params(params, expected, args.params)

@@ -21,6 +21,7 @@ from ember.codegen.module import KernelCode, Module, emit_triton
 from ember.codegen.report import describe, report
 from ember.ir.graph import Graph
 from ember.ir.loc import DSLError
+from ember.runtime.files import write_atomic
 
 
 def compile_kernels(g: Graph, args: argparse.Namespace) -> int:
@@ -49,10 +50,10 @@ def _emit_source(mod: Module, args: argparse.Namespace, g: Graph) -> None:
     out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{Path(args.model).stem}_{args.entry}.py"
-        path.write_text(mod.source)
     except OSError as e:
         raise DSLError(f"cannot write kernels to '{out}': {e.strerror or e}") from None
+    path = out / f"{Path(args.model).stem}_{args.entry}.py"
+    write_atomic(path, lambda f: f.write(mod.source.encode()), "kernels to")
     print(f"wrote {len(mod.kernels)} kernels and the launcher to {path}")
 
 

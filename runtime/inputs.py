@@ -8,18 +8,21 @@ rows of the table they index, or the class count they are compared with).
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ember.ir import dims
-from ember.ir.graph import Graph, Node
-from ember.ir.loc import DSLError
+from ember.ir.graph import Graph, Node, TensorType, walk_nodes
+from ember.ir.loc import UNKNOWN, DSLError, Loc
 from ember.ir.ops import Op
 
+from .files import printable
 from .oracle import bind_input
-from .params_io import array_type
+from .params_io import READ_ERRORS, array_type, read_npz
 
 NpzFile = np.lib.npyio.NpzFile
 
@@ -30,28 +33,27 @@ def load_inputs(g: Graph, pairs: list[str], npz: str | None) -> dict[str, np.nda
     """Inputs from `NAME=FILE.npy` pairs and an optional .npz, checked by name."""
     found: dict[str, tuple[np.ndarray, str]] = {}
     if npz:
-        data = _load(npz)
-        if not isinstance(data, NpzFile):
-            raise DSLError(f"--inputs expects a .npz archive of named arrays, but '{npz}' "
-                           f"holds a single array", note="use --input NAME=FILE.npy for one input")
-        with data as f:
-            found.update({k: (f[k], npz) for k in f.files})
+        found.update({k: (v, npz) for k, v in _load_npz(npz).items()})
     for pair in pairs:
         name, sep, file = pair.partition("=")
         if not sep or not name:
-            raise DSLError(f"--input expects NAME=FILE.npy, found '{pair}'")
+            raise DSLError(f"--input expects NAME=FILE.npy, found '{printable(pair)}'")
+        if name in found:  # given twice: which one was meant is a guess
+            raise DSLError(f"input '{printable(name)}' is given twice, by "
+                           f"'{printable(found[name][1])}' and by '{printable(file)}'")
         data = _load(file)
         if isinstance(data, NpzFile):
             data.close()
-            raise DSLError(f"--input {name}=... expects a .npy file, but '{file}' is a .npz "
-                           f"archive", note=f"use --inputs {file} to read inputs by name")
+            raise DSLError(f"--input {printable(name)}=... expects a .npy file, but "
+                           f"'{printable(file)}' is a .npz archive",
+                           note=f"use --inputs {printable(file)} to read inputs by name")
         found[name] = (data, file)
     by_name = {g.nodes[i].attrs["name"]: g.nodes[i] for i in g.inputs}
     for name, (value, file) in found.items():
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
-            raise DSLError(f"'{file}' provides input '{name}', but {g.name} takes "
-                           f"{_names(list(by_name))}",
+            raise DSLError(f"'{printable(file)}' provides input '{printable(name)}', but "
+                           f"{g.name} takes {_names(list(by_name))}",
                            note=f"did you mean '{close[0]}'?" if close else "")
         _check_file_input(by_name[name], value, file)
     return {k: v for k, (v, _) in found.items()}
@@ -63,23 +65,99 @@ def _names(names: list[str]) -> str:
     return ("input " if len(names) == 1 else "inputs ") + ", ".join(f"'{n}'" for n in names)
 
 
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    data = _load(path)
+    if not isinstance(data, NpzFile):
+        raise DSLError(f"--inputs expects a .npz archive of named arrays, but "
+                       f"'{printable(path)}' holds a single array",
+                       note="use --input NAME=FILE.npy for one input")
+    try:
+        with data as f:
+            return read_npz(path, f)
+    except READ_ERRORS as e:
+        raise DSLError(f"cannot read input file '{printable(path)}': {printable(str(e))}") \
+            from None
+
+
 def _load(path: str) -> np.ndarray | NpzFile:
     if not Path(path).is_file():
-        raise DSLError(f"input file '{path}' does not exist")
+        raise DSLError(f"input file '{printable(path)}' does not exist")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except READ_ERRORS as e:
         # np.load tries unpickling a file it does not recognise as .npy or .npz
-        reason = "not a NumPy .npy or .npz file" if "pickled" in str(e) else str(e)
-        raise DSLError(f"cannot read input file '{path}': {reason}") from None
+        reason = "not a NumPy .npy or .npz file" if "pickled" in str(e) else printable(str(e))
+        raise DSLError(f"cannot read input file '{printable(path)}': {reason}") from None
 
 
 def _check_file_input(n: Node, value: np.ndarray, file: str) -> None:
     t = n.tensor
     bad_dim = any(isinstance(d, int) and d != a for d, a in zip(t.shape, value.shape))
     if value.dtype != t.dtype.np or value.ndim != t.rank or bad_dim:
-        raise DSLError(f"input '{n.attrs['name']}' from '{file}' is {array_type(value)}, "
-                       f"expected {t}", n.loc)
+        raise DSLError(f"input '{n.attrs['name']}' from '{printable(file)}' is "
+                       f"{array_type(value)}, expected {t}", n.loc)
+
+
+def check_dim_names(g: Graph, env: Mapping[str, int]) -> None:
+    """A --dims name the graph does not have is a typo, not something to ignore."""
+    known = set().union(*(_symbols(n) for n in walk_nodes(g)))
+    for name in env:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            have = ", ".join(sorted(known)) or "none"
+            raise DSLError(f"--dims {name}: {g.name} has no dimension {name} (its dimensions: "
+                           f"{have})", note=f"did you mean {close[0]}?" if close else "")
+
+
+def _symbols(n: Node) -> set[str]:
+    types = n.type if isinstance(n.type, tuple) else (n.type,) if n.type else ()
+    found = set().union(*(dims.symbols(t.shape) for t in types))
+    return found | (dims.symbols((n.attrs["length"],)) if "length" in n.attrs else set())
+
+
+def ensure_fits(what: str, types: list[tuple[str, TensorType]], env: Mapping[str, int],
+                loc: Loc = UNKNOWN) -> None:
+    """Refuse, before allocating, tensors that together exceed this machine's
+    memory, saying how many bytes they would need (unbound shapes count 0)."""
+    sizes = [(name, t, _nbytes(t, env)) for name, t in types]
+    total = sum(b for _, _, b in sizes)
+    memory = _memory()
+    if memory and total > memory:
+        name, t, most = max(sizes, key=lambda s: s[2])
+        shape = dims.fmt(dims.bind_shape(t.shape, env))
+        raise DSLError(f"{what} would need {_bytes(total)} ({name}: {t.dtype}{shape} alone is "
+                       f"{_bytes(most)}), more than this machine's {_bytes(memory)} of memory",
+                       loc)
+
+
+def _nbytes(t: TensorType, env: Mapping[str, int]) -> int:
+    if dims.symbols(t.shape) - set(env):
+        return 0
+    return math.prod(dims.bind_shape(t.shape, env)) * t.dtype.itemsize
+
+
+def _memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on this platform: no check
+        return 0
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30),
+                       ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}" if n < 2**70 else f"about 10**{len(str(n)) - 1} bytes"
+    return f"{n} bytes"
+
+
+def _check_memory(g: Graph, env: Mapping[str, int]) -> None:
+    """The inputs together, then each value the run computes on its own."""
+    ensure_fits("the inputs", [(f"input '{g.nodes[i].attrs['name']}'", g.nodes[i].tensor)
+                               for i in g.inputs], env)
+    for n in g.nodes:
+        if n.type is not None and not isinstance(n.type, tuple):
+            ensure_fits("this value", [(n.op.value, n.tensor)], env, n.loc)
 
 
 def draw_inputs(g: Graph, given: Mapping[str, np.ndarray], env: Mapping[str, int],
@@ -90,6 +168,7 @@ def draw_inputs(g: Graph, given: Mapping[str, np.ndarray], env: Mapping[str, int
         n = g.nodes[i]
         if n.attrs["name"] in given:
             bind_input(n, given[n.attrs["name"]], bound)
+    _check_memory(g, bound)
     rng = np.random.default_rng(seed + 1)  # not the parameters' stream
     inputs, notes = dict(given), []
     for i in g.inputs:

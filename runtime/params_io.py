@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -20,6 +22,15 @@ from ember.ir.dims import fmt
 from ember.ir.dtypes import dtype_from_np
 from ember.ir.graph import TensorType
 from ember.ir.loc import DSLError
+
+from .files import printable, write_atomic
+
+NpzFile = np.lib.npyio.NpzFile
+# What reading a damaged or hostile .npz or .safetensors file can raise. json
+# errors and bad UTF-8 are ValueErrors; a deeply nested JSON header recurses.
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, struct.error,
+               zipfile.BadZipFile, zlib.error, NotImplementedError, RecursionError,
+               MemoryError, OverflowError)
 
 ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64,
              "BOOL": np.bool_, "F16": np.float16, "I8": np.int8, "U8": np.uint8}
@@ -35,14 +46,27 @@ def save_params(path: str | Path, params: dict[str, np.ndarray]) -> None:
     path = Path(path)
     if path.suffix not in (".npz", ".safetensors"):
         raise DSLError(f"parameter files must end in .npz or .safetensors, found '{path.name}'")
-    try:
-        if path.suffix == ".safetensors":
-            _save_safetensors(path, params)
-        else:
-            with path.open("wb") as f:
-                np.savez(f, **params)  # type: ignore[arg-type]  # the stub reads **kw as allow_pickle
-    except OSError as e:
-        raise DSLError(f"cannot write parameter file '{path}': {e.strerror or e}") from None
+    if path.suffix == ".safetensors":
+        write_atomic(path, lambda f: f.write(_safetensors_bytes(params)), "parameter file")
+    else:
+        write_atomic(path, lambda f: save_npz(f, params), "parameter file")
+
+
+def save_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
+    """Arrays by name into an open file (a file object: np.savez adds no ".npz")."""
+    np.savez(f, **arrays)  # type: ignore[arg-type]  # the stub reads **kw as allow_pickle
+
+
+def read_npz(path: str | Path, f: NpzFile) -> dict[str, np.ndarray]:
+    """Every member of an open .npz archive; a member that is not a .npy array
+    (np.load hands those back as raw bytes) is an error naming it."""
+    out = {}
+    for name in f.files:
+        value = f[name]
+        if not isinstance(value, np.ndarray):
+            raise DSLError(f"'{path}' holds '{printable(name)}', which is not a .npy array")
+        out[name] = value
+    return out
 
 
 def load_params(path: str | Path) -> dict[str, np.ndarray]:
@@ -54,13 +78,11 @@ def load_params(path: str | Path) -> dict[str, np.ndarray]:
             return _load_safetensors(path)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, struct.error,
-            zipfile.BadZipFile) as e:
-        # np.load tries unpickling a file that is not an .npz; json errors are ValueErrors
-        reason = ("not an .npz file" if "pickled" in str(e) else
-                  f"bad safetensors header ({e})" if isinstance(e, json.JSONDecodeError) else e)
-        raise DSLError(f"cannot read parameter file '{path}': {reason}") from None
+                if not isinstance(f, NpzFile):
+                    raise ValueError("a single .npy array, not an .npz archive of named arrays")
+                return read_npz(path, f)
+    except READ_ERRORS as e:
+        raise DSLError(f"cannot read parameter file '{path}': {_reason(e)}") from None
     raise DSLError(f"parameter files must end in .npz or .safetensors, found '{path.name}'")
 
 
@@ -79,7 +101,18 @@ def check_params(params: dict[str, np.ndarray], expected: dict[str, TensorType],
                        + "\n  ".join(problems))
 
 
-def _save_safetensors(path: Path, params: dict[str, np.ndarray]) -> None:
+def _reason(e: BaseException) -> str:
+    # np.load tries unpickling a file that is not an .npz; json errors are ValueErrors
+    if "pickled" in str(e):
+        return "not an .npz file"
+    if isinstance(e, RecursionError):
+        return "bad safetensors header (nested too deeply)"
+    if isinstance(e, json.JSONDecodeError):
+        return f"bad safetensors header ({e})"
+    return printable(str(e))
+
+
+def _safetensors_bytes(params: dict[str, np.ndarray]) -> bytes:
     names = {np.dtype(v): k for k, v in ST_DTYPES.items()}
     header, offset, blobs = {}, 0, []
     for name in sorted(params):
@@ -91,7 +124,7 @@ def _save_safetensors(path: Path, params: dict[str, np.ndarray]) -> None:
         offset += len(data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
