@@ -27,29 +27,32 @@ def conv(w: KernelWriter) -> Launch:
     _, _, OH, OW = w.shape(c)
     (sh, sw), (ph, pw), (dh, dw), groups = (n.attrs["stride"], n.attrs["padding"],
                                              n.attrs["dilation"], n.attrs["groups"])
-    rows = dims.mul(N, OH * OW)
-    ocg, ktot = OC // groups, CG * KH * KW
+    rows = dims.prod((N, OH, OW))
+    # dims may be symbolic: the weight gradient's channels are the batch N
+    ocg, ktot = dims.div(OC, groups), dims.prod((CG, KH, KW))
+    assert ocg is not None, "the shape rule checks that groups divide the channels"
+    K, OCG = ix.dim_text(ktot), ix.dim_text(ocg)
     w.line("pid_m = tl.program_id(0)")
     w.line("pid_n = tl.program_id(1)")
     w.line("group = tl.program_id(2)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    w.axes(m=("rm", f"(rm < {ix.dim_text(rows)})"), n=("rn", f"(rn < {ocg})"))
+    w.axes(m=("rm", f"(rm < {ix.dim_text(rows)})"), n=("rn", f"(rn < {OCG})"))
     bn, oh, ow = _name_index(w, ix.delinear(Ix("rm", frozenset("m")), (N, OH, OW)),
                              ["batch", "oh", "ow"])
-    oc = w.let("oc", f"group * {ocg} + rn", frozenset("n")) if groups > 1 else Ix(
+    oc = w.let("oc", f"group * {ix.wrap(OCG)} + rn", frozenset("n")) if groups > 1 else Ix(
         "rn", frozenset("n"))
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float{_bits(w, c)})")
-    w.line(f"for k0 in range(0, {ktot}, BLOCK_K):")
+    w.line(f"for k0 in range(0, {K}, BLOCK_K):")
     w.push()
     w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
     w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-    w.axes(ka=("ka", f"(ka < {ktot})"), kb=("kb", f"(kb < {ktot})"))
+    w.axes(ka=("ka", f"(ka < {K})"), kb=("kb", f"(kb < {K})"))
     ca, kha, kwa = _name_index(w, ix.delinear(Ix("ka", frozenset({"ka"})), (CG, KH, KW)),
                                ["ca", "kha", "kwa"])
     ih = w.let("ih", f"{oh} * {sh} - {ph} + {kha} * {dh}", frozenset({"m", "ka"}))
     iw = w.let("iw", f"{ow} * {sw} - {pw} + {kwa} * {dw}", frozenset({"m", "ka"}))
-    cin = Ix(f"group * {CG} + {ca}", frozenset({"ka"})) if groups > 1 else ca
+    cin = Ix(f"group * {ix.wrap(ix.dim_text(CG))} + {ca}", frozenset({"ka"})) if groups > 1 else ca
     tests = _bound_tests([(ih, H, ph, bool(oh.axes | kha.axes)),
                           (iw, W, pw, bool(ow.axes | kwa.axes))])
     if tests is None:  # a constant coordinate in the padding: every tap reads a zero
@@ -68,9 +71,9 @@ def conv(w: KernelWriter) -> Launch:
     w.remember(c, out_idx, Ix("acc", frozenset({"m", "n"})))
     store_outputs(w, {o: out_idx for o in w.kernel.outputs})
     R = ix.dim_text(rows)
-    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({ocg}, BLOCK_N)", str(groups)],
-                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({ocg})",
-                   "BLOCK_K": f"blocks.tile_k({ktot})"})
+    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({OCG}, BLOCK_N)", str(groups)],
+                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({OCG})",
+                   "BLOCK_K": "blocks.CONV_BLOCK_K"}, f"blocks.conv_warps({R}, {OCG})")
 
 
 def _bound_tests(coords: list[tuple[Ix, Dim, int, bool]]) -> list[str] | None:
@@ -145,3 +148,110 @@ def _taps(out: Ix, k: int, pad: int, size: Dim) -> str:
     return f"{min(pad, k)}, {min(k, pad + size)}"
 
 
+# ---- max-pool backward ------------------------------------------------------------------
+#
+# dx[h, w] sums dy over the windows whose first maximum (row-major, NaN counts
+# as the maximum, padding never wins) is x[h, w]. One program owns a block of
+# INPUT positions and, for each of the few windows that can contain its
+# position, recomputes the window's first argmax: every store is owned by one
+# lane, so overlapping windows need no atomics and the sum is deterministic.
+
+POOL_GRAD_LOCALS = ("xh", "xw", "wa", "wb", "ti", "tj", "win", "best", "first", "take")
+
+
+def pool_grad(w: KernelWriter) -> Launch:
+    p = w.kernel.anchor
+    n = w.g.nodes[p]
+    x, dy = n.srcs
+    shape = w.shape(p)
+    numel = ix.dim_text(dims.prod(shape))
+    w.used.update(POOL_GRAD_LOCALS)
+    w.line("pid = tl.program_id(0)")
+    w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
+    w.line(f"mask = offs < {numel}")
+    w.axes(x=("offs", "mask"))
+    bn, ch, xh, xw = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape),
+                                 ["batch", "ch", "xh", "xw"])
+    xh, xw = _on_lanes(w, xh, "xh"), _on_lanes(w, xw, "xw")
+    w.line(f"acc = tl.zeros((BLOCK,), dtype=tl.float{_bits(w, p)})")
+    (kh, kw), (sh, sw) = n.attrs["kernel"], n.attrs["stride"]
+    _, _, OH, OW = w.shape(dy)
+    w.line(f"for wa in tl.static_range({_windows_over(kh, sh, OH)}):")
+    w.depth += 1
+    w.line(f"for wb in tl.static_range({_windows_over(kw, sw, OW)}):")
+    w.push()
+    oh, ti = _window_at(w, xh, "wa", ("oh", "ti"), OH, n.attrs["padding"][0], sh)
+    ow, tj = _window_at(w, xw, "wb", ("ow", "tj"), OW, n.attrs["padding"][1], sw)
+    w.line(f"win = mask & (oh >= 0) & (ti < {kh}) & (ow >= 0) & (tj < {kw})")
+    _first_max(w, p, (bn, ch, oh, ow))
+    w.extra_mask = "win"
+    g = w.value(dy, (bn, ch, oh, ow))
+    w.extra_mask = ""
+    w.line(f"acc += tl.where(win & (first == ti * {kw} + tj), {g.text}, 0.0)", p)
+    w.pop()
+    w.depth -= 1
+    idx = (bn, ch, xh, xw)
+    w.remember(p, idx, Ix("acc", frozenset("x")))
+    store_outputs(w, {o: idx for o in w.kernel.outputs})
+    return Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
+
+
+def _on_lanes(w: KernelWriter, pos: Ix, name: str) -> Ix:
+    """The position along a size-1 dim (the constant 0) as a tensor: the window
+    tests built from it must be tensors too, as Triton's interpreter rejects a
+    mask mixing Python bools with tensors ("mask has unsupported dtype")."""
+    if pos.axes:
+        return pos
+    return w.let(name, "tl.zeros((BLOCK,), dtype=tl.int32)", frozenset("x"))
+
+
+def _windows_over(k: int, s: int, out: Dim) -> int:
+    """How many windows along one axis can contain an input position."""
+    most = -(-k // s)
+    return min(most, out) if isinstance(out, int) else most
+
+
+def _window_at(w: KernelWriter, pos: Ix, back: str, axis: tuple[str, str], size: Dim,
+               pad: int, stride: int) -> tuple[Ix, Ix]:
+    """The window `back` steps before the last one that starts at or before the
+    position along one axis, and the position's tap in it (>= 0; the window
+    holds the position when the tap is below the kernel size, and exists when
+    its index is >= 0)."""
+    name, tap = axis
+    at = f"{pos} + {pad}" if pad else pos.text
+    o = w.let(name, f"tl.minimum({ix.wrap(at)} // {stride}, {ix.dim_text(size)} - 1) - {back}",
+              pos.axes)
+    return o, w.let(tap, f"{at} - {name} * {stride}", pos.axes)
+
+
+def _first_max(w: KernelWriter, p: int, win: tuple[Ix, ...]) -> None:
+    """`first`: the row-major tap index of window `win`'s first maximum; taps
+    in the padding are skipped, a NaN beats every number."""
+    n = w.g.nodes[p]
+    x = n.srcs[0]
+    bn, ch, oh, ow = win
+    (kh, kw), (sh, sw), (ph, pw) = n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]
+    _, _, H, W = w.shape(x)
+    w.line(f"best = tl.full((BLOCK,), -float(\"inf\"), dtype=tl.float{_bits(w, x)})")
+    w.line(f"first = tl.full((BLOCK,), {kh * kw}, dtype=tl.int32)")
+    w.line(f"for i in tl.static_range({kh}):")
+    w.depth += 1
+    w.line(f"for j in tl.static_range({kw}):")
+    w.push()
+    ih = w.let("ih", f"{oh} * {sh}{_minus(ph)} + i", frozenset("x"))
+    iw = w.let("iw", f"{ow} * {sw}{_minus(pw)} + j", frozenset("x"))
+    w.line(f"inside = win & (ih >= 0) & (ih < {ix.dim_text(H)}) & (iw >= 0) & "
+           f"(iw < {ix.dim_text(W)})")
+    w.extra_mask = "inside"
+    v = w.value(x, (bn, ch, ih, iw))
+    w.extra_mask = ""
+    w.line(f"take = inside & ((first == {kh * kw}) | ({v} > best) | "
+           f"(({v} != {v}) & (best == best)))")
+    w.line(f"best = tl.where(take, {v}, best)")
+    w.line(f"first = tl.where(take, i * {kw} + j, first)", p)
+    w.pop()
+    w.depth -= 1
+
+
+def _minus(pad: int) -> str:
+    return f" - {pad}" if pad else ""
