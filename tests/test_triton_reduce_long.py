@@ -149,6 +149,8 @@ LAYOUTS = [  # (expression, input shape): each row is longer than a block
     ("sum(x, axis=(1, 2))", (2, 129, 129)),  # two reduced axes, delinearized per chunk
     ("argmax(x, axis=0)", (9000, 2)),
     ("x - mean(x, axis=-1, keepdims=true)", (2, 16385)),
+    ("sqrt(sum(x * x, axis=-1)) + 1.0", (2, 16385)),  # a per-row epilogue after the loop
+    ("min(x, axis=0, keepdims=true)", (9000, 3)),
 ]
 
 
