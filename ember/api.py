@@ -22,7 +22,7 @@ from ember.ir.ops import Op
 from ember.ir.verify import verify
 from ember.lang import ast
 from ember.lang.emitter import Options
-from ember.lang.lower import declared_params, lower
+from ember.lang.lower import declared_buffers, declared_params, lower
 from ember.lang.parser import parse
 from ember.passes.grad import grad as differentiate
 from ember.passes.pipeline import optimize
@@ -80,11 +80,13 @@ def grad_names(g: Graph) -> dict[str, str]:
 
 def complete_grads(grads: Mapping[str, np.ndarray], program: ast.Program,
                    options: Options = Options()) -> dict[str, np.ndarray]:
-    """Gradients for the whole state dict: a declared parameter the entry never
-    reads has a zero gradient (torch would leave its .grad as None)."""
+    """Gradients for the trainable part of the state dict (buffers have none):
+    a declared parameter the entry never reads has a zero gradient (torch
+    would leave its .grad as None)."""
     out = {}
+    buffers = declared_buffers(program, options)
     for name, (t, _) in declared_params(program, options).items():
-        if t.dtype.is_float:
+        if t.dtype.is_float and name not in buffers:
             out[name] = np.asarray(grads[name]) if name in grads else np.zeros(
                 tuple(int(d) for d in t.shape), t.dtype.np)
     return out

@@ -220,12 +220,14 @@ class ConstDef(Node):
 
 @dataclass(frozen=True)
 class ParamDef(Node):
-    """`param name: type = init`; init is a Name or a Call, or None when omitted."""
+    """`param name: type = init` (or `buffer ...`, state that is not trained);
+    init is a Name or a Call, or None when omitted."""
 
     name: str
     type: TypeAnn
     init: Expr | None
     loc: Loc
+    trainable: bool = True
 
 
 @dataclass(frozen=True)

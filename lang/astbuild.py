@@ -128,6 +128,10 @@ class AstBuilder(Transformer_NonRecursive):
             )
         return ast.ParamDef(str(name), type_ann, init, self._tok(name))
 
+    def buffer_def(self, meta: Meta, children: list) -> ast.ParamDef:
+        p = self.param_def(meta, children)
+        return ast.ParamDef(p.name, p.type, p.init, p.loc, trainable=False)
+
     def sublayer_def(self, meta: Meta, children: list) -> ast.SubLayerDef:
         name, layer, call_args, count = children
         args, kwargs = call_args or ((), ())

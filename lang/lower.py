@@ -16,7 +16,7 @@ from typing import Any
 
 from ember.ir.dims import Dim, fmt
 from ember.ir.dtypes import DType
-from ember.ir.graph import Builder, Graph, TensorType
+from ember.ir.graph import Builder, Graph, Node, TensorType
 from ember.ir.loc import UNKNOWN, DSLError, Loc
 from ember.ir.ops import Op
 
@@ -56,18 +56,27 @@ def lower(program: ast.Program, entry: str = "forward", options: Options = Optio
 
 def declared_params(program: ast.Program, options: Options = Options()
                     ) -> dict[str, tuple[TensorType, tuple[Any, ...]]]:
-    """Every parameter the model declares, by dotted name: (type, initializer).
-    This is the model's state dict, whichever entry or mode is compiled."""
+    """Every parameter and buffer the model declares, by dotted name: (type,
+    initializer). This is the model's state dict, whichever entry or mode is
+    compiled."""
+    return {name: (n.tensor, n.attrs["init"]) for name, n in _declared(program, options).items()}
+
+
+def declared_buffers(program: ast.Program, options: Options = Options()) -> set[str]:
+    """The state-dict names declared with `buffer`: never trained."""
+    return {name for name, n in _declared(program, options).items() if n.attrs.get("buffer")}
+
+
+def _declared(program: ast.Program, options: Options) -> dict[str, Node]:
     ctx = Context(program, options)
     model = _collect_globals(ctx)
-    out: dict[str, tuple[TensorType, tuple[Any, ...]]] = {}
+    out: dict[str, Node] = {}
     todo = [instantiate(ctx, model, "", (), (), model.loc)]
     while todo:
         inst = todo.pop()
         em = Emitter(Builder("<params>"), ctx, inst)
         for name in inst.params:
-            n = em.builder.nodes[em.param(name).id]
-            out[f"{inst.path}.{name}" if inst.path else name] = (n.tensor, n.attrs["init"])
+            out[f"{inst.path}.{name}" if inst.path else name] = em.builder.nodes[em.param(name).id]
         for v in inst.scope.values():
             todo += [v] if isinstance(v, Instance) else v if isinstance(v, list) else []
     return out

@@ -41,6 +41,8 @@ def param_node(em: Any, pdef: ast.ParamDef) -> Tensor:
         dtype = DType.F64
     attrs = {"name": pdef.name, "shape": tuple(shape), "dtype": dtype,
              "init": _initializer(scope, pdef, dtype)}
+    if not pdef.trainable:
+        attrs["buffer"] = True
     return em.add(Op.PARAM, (), attrs, pdef.loc)
 
 

@@ -52,12 +52,17 @@ def grad(g: Graph, inputs: Sequence[str] = ()) -> Graph:
 
 
 def _params(g: Graph) -> dict[str, int]:
-    """Float parameters by name (after inlining and CSE: one PARAM node each)."""
+    """Trainable float parameters by name (after inlining and CSE: one PARAM
+    node each); buffers are state, not trained."""
     found: dict[str, int] = {}
     for i, n in enumerate(g.nodes):
-        if n.op is Op.PARAM and n.tensor.dtype.is_float:
+        if _trainable(n):
             found.setdefault(n.attrs["name"], i)
     return found
+
+
+def _trainable(n: Node) -> bool:
+    return n.op is Op.PARAM and n.tensor.dtype.is_float and not n.attrs.get("buffer")
 
 
 def _wrt_inputs(g: Graph, names: Sequence[str]) -> dict[str, int]:
@@ -85,7 +90,7 @@ def activity(g: Graph, seeds: set[int]) -> set[int]:
             continue
         if not (n.type if isinstance(n.type, tuple) else (n.type,))[0].dtype.is_float:
             continue
-        origin = i in seeds or n.op is Op.PARAM
+        origin = i in seeds or _trainable(n)
         if origin or (n.op not in NON_DIFFERENTIABLE and any(s in active for s in n.srcs)):
             active.add(i)
     return active
