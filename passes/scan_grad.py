@@ -21,8 +21,8 @@ summed in extra carries.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from ember.ir import dims
 from ember.ir.dtypes import DType
