@@ -152,14 +152,18 @@ def _lines(text: str) -> str:
     return "\n".join(printable(line, 500) for line in text.split("\n"))
 
 
-def _shown(e: DSLError) -> DSLError:
-    """e with its text safe to print: escaped, cut, and a long source line
-    shown as a window around the caret."""
-    loc = e.loc
-    if loc.source_line:
-        line, col, end = _window(loc.source_line, loc.col, loc.end_col or loc.col + 1)
-        loc = dataclasses.replace(loc, source_line=line, col=col, end_col=end)
-    return DSLError(_lines(e.message), loc, _lines(e.note))
+def _render(e: DSLError) -> str:
+    """e rendered safe to print: escaped, cut, and a long source line shown as
+    a window around the caret (the first line keeps the real column)."""
+    safe = DSLError(_lines(e.message), e.loc, _lines(e.note))
+    if not e.loc.source_line:
+        return safe.render()
+    line, col, end = _window(e.loc.source_line, e.loc.col, e.loc.end_col or e.loc.col + 1)
+    shown = dataclasses.replace(e.loc, source_line=line, col=col, end_col=end)
+    head = dataclasses.replace(e.loc, source_line="")
+    first = DSLError(safe.message, head).render().split("\n")  # the message's lines
+    rest = DSLError(safe.message, shown, safe.note).render().split("\n")[len(first):]
+    return "\n".join(first + rest)
 
 
 def _window(src: str, col: int, end: int, width: int = 160) -> tuple[str, int, int]:
@@ -187,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands.COMMANDS[args.command](args)
     except DSLError as e:
         # like argparse's `ember: error: ...` when there is no source line to point at
-        print(("" if e.loc.known else "ember: ") + _shown(e).render(), file=sys.stderr)
+        print(("" if e.loc.known else "ember: ") + _render(e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
