@@ -155,13 +155,14 @@ def _itemsize(w: KernelWriter) -> int:
 def _either(w: KernelWriter, rs: _Rows) -> None:
     """Both forms under `if LOOPED:`; a branch's locals never reach the other,
     so the second branch may reuse the first one's names."""
-    before = set(w.used)
+    before, taken = set(w.used), set()
     for head, form in (("if LOOPED:", _looped), ("else:", _persistent)):
+        w.used.intersection_update(before)   # the other branch's names are free again
         w.line(head)
         w.push()
         form(w, rs)
         w.pop()
-        w.used, taken = set(before), w.used
+        taken |= w.used
     w.used |= taken
 
 
@@ -251,13 +252,26 @@ def _passes(w: KernelWriter) -> list[list[int]]:
     reduction's result (through any chain of computed values) runs a pass later."""
     reductions = _reductions(w)
     finished: dict[int, int] = {}   # node -> passes that must end before it has a value
-    for i in range(max(w.kernel.nodes) + 1):
+    for i in sorted(_upstream(w, reductions)):   # node order is topological
         srcs = () if w.is_buffer(i) else w.g.nodes[i].srcs
         finished[i] = max((finished[s] for s in srcs), default=0) + (i in reductions)
     groups: list[list[int]] = [[] for _ in range(max(finished[i] for i in reductions))]
     for i in reductions:
         groups[finished[i] - 1].append(i)
     return groups
+
+
+def _upstream(w: KernelWriter, roots: list[int]) -> set[int]:
+    """The nodes this kernel computes (or folds as views) to get the roots,
+    and the buffers it reads them from."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        i = todo.pop()
+        if i not in seen:
+            seen.add(i)
+            todo += () if w.is_buffer(i) else w.g.nodes[i].srcs
+    return seen
 
 
 def _chunk_loop(w: KernelWriter, rs: _Rows) -> tuple[Ix, ...]:
