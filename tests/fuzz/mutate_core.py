@@ -148,6 +148,21 @@ def killed(m: Mutant, timeout: float) -> bool:
     return run.returncode != 0
 
 
+def _run_target(file: str, sample: int, seed: int, timeout: float) -> None:
+    """Run a sample of one target's mutants; print survivors, then the kill share."""
+    every = sites(file)
+    chosen = every if not sample else sorted(
+        random.Random(seed).sample(every, min(sample, len(every))), key=lambda m: m.index)
+    survivors = []
+    for m in chosen:
+        if not killed(m, timeout):
+            survivors.append(m)
+            print(f"  survived: {m.file}:{m.line} {m.change}", flush=True)
+    share = 1 - len(survivors) / len(chosen) if chosen else 1.0
+    print(f"{file}: {len(every)} sites, {len(chosen)} run, {len(chosen) - len(survivors)} "
+          f"killed ({share:.0%})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sample", type=int, default=30, help="mutants per target (0: all)")
@@ -156,16 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=sorted(TARGETS), action="append")
     args = p.parse_args(argv)
     for file in args.only or TARGETS:
-        every = sites(file)
-        chosen = every if not args.sample else sorted(
-            random.Random(args.seed).sample(every, min(args.sample, len(every))),
-            key=lambda m: m.index)
-        survivors = [m for m in chosen if not killed(m, args.timeout)]
-        share = 1 - len(survivors) / len(chosen) if chosen else 1.0
-        print(f"{file}: {len(every)} sites, {len(chosen)} run, {len(chosen) - len(survivors)} "
-              f"killed ({share:.0%})", flush=True)
-        for m in survivors:
-            print(f"  survived: {m.file}:{m.line} {m.change}", flush=True)
+        _run_target(file, args.sample, args.seed, args.timeout)
     return 0
 
 
