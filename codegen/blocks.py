@@ -87,6 +87,24 @@ def attention_cols(t: int) -> int:
     return min(32, max(16, next_pow2(t)))
 
 
+# The backward kernels run 8 warps (fp32, sm_90, no spills at head dims 8 to
+# 128). The dq kernel tiles like the forward one; the dk/dv kernel holds k, v
+# and two accumulators of [keys, head dim] besides each step's tiles, so its
+# tiles shrink with the head: 32 x 32 up to 32, 16 keys x 16 queries at 64,
+# 16 keys x 8 queries at 128 (fp32 dots need K >= 8).
+ATTENTION_BWD_WARPS = 8
+
+
+def dkdv_keys(t: int, d: int) -> int:
+    """Keys per program of the dk/dv kernel."""
+    return 16 if head_dim(d) >= 64 else attention_cols(t)
+
+
+def dkdv_queries(t: int, d: int) -> int:
+    """Query rows per step of the dk/dv kernel."""
+    return 8 if head_dim(d) >= 128 else 16 if head_dim(d) >= 64 else attention_rows(t)
+
+
 def attention_warps(d: int) -> int:
     """8 warps for heads of 64 and more: q, the accumulator and the score tile
     then fit in registers without spilling (fp32, sm_90)."""

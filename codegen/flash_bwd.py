@@ -30,6 +30,7 @@ from .fused import (
     describe,
     float_type,
     head_axes,
+    head_text,
     launch,
     store_gets,
     tile,
@@ -37,6 +38,8 @@ from .fused import (
 from .ix import Ix, dim_text
 from .templates import Launch, dot_precision
 from .writer import KernelWriter
+
+WARPS = "blocks.ATTENTION_BWD_WARPS"
 
 
 def _ax(name: str, axis: str) -> Ix:
@@ -107,7 +110,9 @@ def attention_dkdv(w: KernelWriter) -> Launch:
     w.pop()
     store_gets(w, {1: (Ix("dk_acc", frozenset({"n", "q"})), bidx + (rn, rq)),
                    2: (Ix("dv_acc", frozenset({"n", "d"})), bidx + (rn, rd))})
-    return launch(a, a.TK, "BLOCK_N")
+    head = head_text(a)
+    return launch(a, a.TK, "BLOCK_N", f"blocks.dkdv_queries({Tt}, {head})",
+                  f"blocks.dkdv_keys({dim_text(a.TK)}, {head})", WARPS)
 
 
 # ---- dq: over query blocks ---------------------------------------------------------
@@ -142,4 +147,4 @@ def attention_dq(w: KernelWriter) -> Launch:
            a.node)
     w.pop()
     store_gets(w, {0: (Ix("dq_acc", frozenset({"m", "q"})), bidx + (rm, rq))})
-    return launch(a, a.T, "BLOCK_M")
+    return launch(a, a.T, "BLOCK_M", warps=WARPS)

@@ -110,15 +110,21 @@ def tile(w: KernelWriter, i: int, at: tuple[Ix, ...]) -> Ix:
     return operand(w, i, at, set().union(*(x.axes for x in at)))
 
 
-def launch(a: AttentionOp, over: Dim, block: str) -> Launch:
-    """Grid (cdiv(over, block), batch), block sizes and warps of every
-    attention kernel: BLOCK_M query rows, BLOCK_N keys."""
-    Tt, TKt, Dt, DKt = (dim_text(d) for d in (a.T, a.TK, a.D, a.DK))
+def head_text(a: AttentionOp) -> str:
+    """The larger head dim, as launcher text."""
+    return f"max({dim_text(a.DK)}, {dim_text(a.D)})"
+
+
+def launch(a: AttentionOp, over: Dim, block: str, rows: str = "", cols: str = "",
+           warps: str = "") -> Launch:
+    """Grid (cdiv(over, block), batch), block sizes and warps of an attention
+    kernel: BLOCK_M query rows and BLOCK_N keys (the forward's unless given)."""
     return Launch([f"triton.cdiv({dim_text(over)}, {block})", dim_text(dims.prod(a.batch))],
-                  {"BLOCK_M": f"blocks.attention_rows({Tt})",
-                   "BLOCK_N": f"blocks.attention_cols({TKt})",
-                   "BLOCK_DK": f"blocks.head_dim({DKt})", "BLOCK_D": f"blocks.head_dim({Dt})"},
-                  num_warps=f"blocks.attention_warps(max({DKt}, {Dt}))")
+                  {"BLOCK_M": rows or f"blocks.attention_rows({dim_text(a.T)})",
+                   "BLOCK_N": cols or f"blocks.attention_cols({dim_text(a.TK)})",
+                   "BLOCK_DK": f"blocks.head_dim({dim_text(a.DK)})",
+                   "BLOCK_D": f"blocks.head_dim({dim_text(a.D)})"},
+                  num_warps=warps or f"blocks.attention_warps({head_text(a)})")
 
 
 def reads(w: KernelWriter, index: int) -> bool:
