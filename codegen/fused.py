@@ -245,7 +245,11 @@ def gates(w: KernelWriter) -> Launch:
     lane = rn if width != 1 else ix.ZERO  # how reads of a width-1 slice spell its index
     for g, acc in enumerate(accs):
         w.remember(total, (rm, ix.add(Ix(str(g * width)), lane)), Ix(acc, frozenset({"m", "n"})))
-    store_outputs(w, {i: (rm, rn) for i in w.kernel.outputs})
+    for o in [o for o in w.kernel.outputs if w.shape(o) != (M, width)]:
+        for g in range(len(accs)):  # the whole gates tensor: one store per gate's columns
+            cols = (rm, ix.add(Ix(str(g * width)), lane))
+            w.store(o, cols, w.value(o, cols))
+    store_outputs(w, {i: (rm, rn) for i in w.kernel.outputs if w.shape(i) == (M, width)})
     ks = [dim_text(w.shape(w.g.nodes[m].srcs[0])[-1]) for m in k.info["matmuls"]]
     kmax = ks[0] if len(ks) == 1 else f"max({', '.join(ks)})"
     return Launch([f"triton.cdiv({Mt}, BLOCK_M)", f"triton.cdiv({width}, BLOCK_N)"],

@@ -8,6 +8,7 @@ inputs and everything an output depends on.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ember.ir.graph import Builder, Graph, Node
@@ -38,8 +39,9 @@ def cse(g: Graph) -> Graph:
 
 
 def dce(g: Graph) -> Graph:
-    """Drop nodes no output depends on (inputs always stay)."""
-    g = map_bodies(g, dce)
+    """Drop nodes no output depends on (inputs always stay), and the per-step
+    inputs and captured values a scan's body no longer reads."""
+    g = map_graph(map_bodies(g, dce), _drop_unread_inputs)
     live = set(g.outputs) | set(g.inputs)
     for i in reversed(range(len(g.nodes))):
         if i in live:
@@ -51,3 +53,24 @@ def dce(g: Graph) -> Graph:
             remap[i] = copy_node(b, n, tuple(remap[s] for s in n.srcs))
     return b.build(tuple(remap[i] for i in g.inputs), tuple(remap[o] for o in g.outputs),
                    g.output_names)
+
+
+def _drop_unread_inputs(b: Builder, n: Node, srcs: tuple[int, ...]) -> int:
+    if n.op is not Op.LOOP:
+        return copy_node(b, n, srcs)
+    body: Graph = n.attrs["body"]
+    first, nx = 1 + n.attrs["n_carry"], n.attrs.get("n_xs", 0)
+    read = {s for m in body.nodes for s in m.srcs} | set(body.outputs)
+    keep = [j for j, bi in enumerate(body.inputs) if j < first or bi in read]
+    if len(keep) == len(body.inputs):
+        return copy_node(b, n, srcs)
+    dropped = set(body.inputs) - {body.inputs[j] for j in keep}
+    nb, remap = Builder(body.name), dict[int, int]()
+    for i, m in enumerate(body.nodes):
+        if i not in dropped:
+            remap[i] = copy_node(nb, m, tuple(remap[s] for s in m.srcs))
+    body = nb.build(tuple(remap[body.inputs[j]] for j in keep),
+                    tuple(remap[o] for o in body.outputs), body.output_names)
+    n_xs = sum(1 for j in keep if first <= j < first + nx)
+    return copy_node(b, replace(n, attrs={**n.attrs, "body": body, "n_xs": n_xs}),
+                     tuple(srcs[j - 1] for j in keep[1:]))

@@ -265,6 +265,7 @@ def _materialize(plan: Plan, enabled: bool) -> None:
             _new_kernel(plan, "pointwise", i)
     if enabled:
         _merge_pointwise(plan)
+        _fold_into_matmuls(plan)
 
 
 def _merge_pointwise(plan: Plan) -> None:
@@ -288,6 +289,65 @@ def _merge_pointwise(plan: Plan) -> None:
     for k, kern in enumerate(plan.kernels):
         for i in kern.nodes:
             plan.home[i] = k
+
+
+def _fold_into_matmuls(plan: Plan) -> None:
+    """Save a launch per matmul: a pointwise root that is the matmul's [M, K]
+    operand A is computed in its K loop and stored by the first column of
+    programs (a prologue); then a pointwise root of the matmul's output shape
+    that reads one of its buffers, and neither needs nor feeds it, is computed
+    in its epilogue. (An LSTM's backward step becomes one kernel: the gate
+    gradients, the carried cell gradient and dgates @ W_hh^T.)"""
+    g = plan.graph
+    for m, mk in enumerate(plan.kernels):
+        a = g.nodes[mk.anchor].srcs[0] if mk.kind == "matmul" else -1
+        p = next((p for p, pk in enumerate(plan.kernels) if pk.kind == "pointwise"
+                  and pk.nodes and pk.anchor == a and len(g.nodes[a].tensor.shape) == 2), None)
+        if p is not None and not any(_depends_on(plan, d, p) for d in _kernel_deps(plan, m)
+                                     if d != p):
+            mk.info["prologue"] = a
+            _move_nodes(plan, p, m)
+    for m, mk in enumerate(plan.kernels):
+        for p, pk in enumerate(plan.kernels):
+            if (mk.kind == "matmul" and pk.kind == "pointwise" and pk.nodes
+                    and g.nodes[pk.anchor].tensor.shape == g.nodes[mk.anchor].tensor.shape
+                    and not _depends_on(plan, p, m) and not _depends_on(plan, m, p)
+                    and _shared_reads(plan, p, m)):
+                _move_nodes(plan, p, m)
+    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
+    plan.home.clear()
+    for k, kern in enumerate(plan.kernels):
+        for i in kern.nodes:
+            plan.home[i] = k
+
+
+def _move_nodes(plan: Plan, src: int, dst: int) -> None:
+    plan.kernels[dst].nodes[:0] = plan.kernels[src].nodes
+    for i in plan.kernels[src].nodes:
+        plan.home[i] = dst
+    plan.kernels[src].nodes = []
+
+
+def _shared_reads(plan: Plan, a: int, b: int) -> bool:
+    """Do kernels a and b read a common stored value or input?"""
+    def reads(k: int) -> set[int]:
+        return {s for i in plan.kernels[k].nodes for s in plan.graph.nodes[i].srcs
+                if plan.home.get(s) != k}
+    return bool(_leaves_of(plan, reads(a)) & _leaves_of(plan, reads(b)))
+
+
+def _leaves_of(plan: Plan, nodes: set[int]) -> set[int]:
+    """The stored values and graph inputs a set of values is computed from."""
+    out, todo = set(), list(nodes)
+    while todo:
+        i = todo.pop()
+        n = plan.graph.nodes[i]
+        if i in plan.home or n.op in LEAF or n.op is Op.GET or not n.srcs:
+            out.add(i)
+        elif i not in out:
+            out.add(i)
+            todo.extend(n.srcs)
+    return out
 
 
 def _inlined_closure(plan: Plan, root: int) -> set[int]:

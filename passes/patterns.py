@@ -6,7 +6,8 @@ gates: a sum of matmuls (plus elementwise terms such as a bias) whose only
   readers are equal-width slices along the last axis, e.g. an LSTM's
   `x_t @ W_ih + h @ W_hh + b` split into i, f, g, o. One kernel keeps one
   accumulator per slice and fuses whatever reads the slices (the cell update)
-  as its epilogue: the gates tensor never reaches memory.
+  as its epilogue: the gates tensor reaches memory only when something
+  outside the step needs it (a scan saving it for its backward).
 
 Each matcher returns (kind, anchor, nodes, info) or None; `info` carries what
 the template needs.
@@ -62,7 +63,8 @@ def match_gates(g: Graph, users: list[list[int]], gate: int) -> Match | None:
         return None
     sums = _sum_nodes(g, total)
     nodes = set(matmuls) | set(sums) | set(chain)
-    if not _only_used_by(users, nodes, nodes | set(slices)) or nodes & set(g.outputs):
+    # the gates tensor itself may be an output (a scan saves it for its backward)
+    if not _only_used_by(users, nodes, nodes | set(slices)) or (nodes - {gate}) & set(g.outputs):
         return None
     return Match("gates", slices[0], sorted(nodes | set(slices)),
                  {"total": total, "matmuls": matmuls, "slices": slices})
@@ -88,17 +90,27 @@ def _equal_slices(g: Graph, users: list[list[int]], gate: int) -> list[int] | No
 
 
 def _down_to_matmul_sum(g: Graph, i: int) -> tuple[list[int], int | None]:
-    """Follow elementwise ops down the full-shape operand to a sum of matmuls."""
+    """Follow elementwise ops down the full-shape operand that leads to a sum
+    of matmuls; other operands (a bias, a hoisted input projection x_t @ W_ih
+    read per step) are loaded by the kernel."""
     shape = g.nodes[i].tensor.shape
     chain: list[int] = []
     while not _is_matmul_sum(g, i):
         n = g.nodes[i]
-        full = [s for s in n.srcs if g.nodes[s].tensor.shape == shape]
+        full = [s for s in n.srcs if g.nodes[s].tensor.shape == shape and _reaches_matmul(g, s)]
         if n.op not in ELEMENTWISE or len(full) != 1:
             return chain, None
         chain.append(i)
         i = full[0]
     return chain, i
+
+
+def _reaches_matmul(g: Graph, i: int) -> bool:
+    """Is there a matmul below node i through elementwise ops?"""
+    n = g.nodes[i]
+    if n.op is Op.MATMUL:
+        return True
+    return n.op in ELEMENTWISE and any(_reaches_matmul(g, s) for s in n.srcs)
 
 
 def _is_matmul_sum(g: Graph, i: int) -> bool:

@@ -8,6 +8,7 @@ from ember.ir.graph import Graph
 from ember.ir.verify import verify
 
 from .cleanup import cse, dce
+from .hoist import hoist
 from .inline import inline
 from .recognize import recognize
 from .shapes import infer_shapes
@@ -21,6 +22,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("fold_constants", fold_constants), # scalar constant arithmetic at compile time
     ("simplify", simplify),             # x*1, x+0, reshape/permute chains, ...
     ("recognize", recognize),           # softmax attention -> one attention op
+    ("hoist", hoist),                   # a scan's x[:, t] @ w -> one GEMM before the loop
     ("cse", cse),                       # one node per distinct computation
     ("dce", dce),                       # drop what no output needs
 ]

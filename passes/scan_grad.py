@@ -136,8 +136,9 @@ def scan_vjp(b: Builder, n: Node, fwd: int, srcs: list[int], out_cts: dict[int, 
     outs += [e(Op.ADD, a, total(e, plan.others[j], body[cap_in[j]]))
              for a, j in zip(acc_in, plan.accumulated)]
     act_xs = [j for j, x in enumerate(x_in) if x in act]
-    outs += [total(e, cts.get(x_in[j], []), body[x_in[j]]) for j in act_xs]
-    outs += plan.stacked_outputs
+    dxs = [total(e, cts.get(x_in[j], []), body[x_in[j]]) for j in act_xs]
+    stacked_ys = list(dict.fromkeys(dxs + plan.stacked_outputs))  # each value stacked once
+    outs += stacked_ys
     names = [f"out{m}" for m in range(len(outs))]
     graph = bw.bb.build((t, *bw.carries, *bw.xs, *bw.captured), tuple(outs), tuple(names))
 
@@ -157,10 +158,10 @@ def scan_vjp(b: Builder, n: Node, fwd: int, srcs: list[int], out_cts: dict[int, 
     for m, j in enumerate(plan.accumulated):
         src_cts[k + nx + j] = result[len(act_carry) + m]
     at = len(act_carry) + len(plan.accumulated)
-    for m, j in enumerate(act_xs):
-        src_cts[k + j] = result[at + m]
-    at += len(act_xs)
-    stacks = _Stacks(oe, result[at:], xs, list(srcs[k:k + nx]), list(srcs[k + nx:]))
+    for j, dx in zip(act_xs, dxs):
+        src_cts[k + j] = result[at + stacked_ys.index(dx)]
+    ys = [result[at + stacked_ys.index(y)] for y in plan.stacked_outputs]
+    stacks = _Stacks(oe, ys, xs, list(srcs[k:k + nx]), list(srcs[k + nx:]))
     for j, terms in plan.after.items():
         for term in terms:
             ct = stacks.term(term)
