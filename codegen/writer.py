@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,14 +50,14 @@ RESERVED = frozenset({
     "rn", "rq", "rd", "rdk", "rnk", "ka", "kb", "k0", "acc", "acc0", "acc1", "acc2", "acc3",
     "m_i", "l_i", "m_new", "m_safe", "m_fin", "l_safe", "alpha", "p", "scores", "qk", "out", "hi",
     "start", "inside", "ih", "iw", "oh", "ow", "batch", "ch", "group", "oc", "ca", "cb", "kha",
-    "kwa", "khb", "kwb", "i", "j", "tl", "triton", "id_bounds_ptr"})
+    "kwa", "khb", "kwb", "i", "j", "tl", "triton", "stores_a", "id_bounds_ptr"})
 
 
 @dataclass
 class KernelWriter:
     plan: Plan
     kernel: Kernel
-    names: dict[int, str]                  # buffer node -> launcher variable name
+    names: Mapping[int, str]               # buffer node -> its name in the kernel
     precision: str = "ieee"
     lines: list[str] = field(default_factory=list)
     depth: int = 1
@@ -308,6 +309,49 @@ def _concat(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
     return w.let(w.fresh(f"concat{i}"), expr, axes, i)
 
 
+def _pad(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    """Zeros around and between the source's elements: the source index is
+    (k - low) / (interior + 1) where that is whole and in range, and the load
+    uses a clamped index so a padding lane never addresses outside the buffer."""
+    src_idx, checks = [], []
+    parts = zip(idx, w.shape(n.srcs[0]), n.attrs["lows"], n.attrs["highs"], n.attrs["interiors"])
+    for k, size, lo, hi, mid in parts:
+        if (lo, hi, mid) == (0, 0, 0):
+            src_idx.append(k)
+            continue
+        shift = f" - {lo}" if lo > 0 else f" + {-lo}" if lo < 0 else ""
+        pos = w.let(w.fresh(f"pad{i}"), f"{ix.wrap(k.text)}{shift}", k.axes)
+        at = pos
+        if lo > 0:
+            checks.append(f"({pos.text} >= 0)")
+        if mid:
+            checks.append(f"({pos.text} % {mid + 1} == 0)")
+            at = w.let(w.fresh(f"pad{i}"), f"{pos.text} // {mid + 1}", k.axes)
+        if hi > 0 or mid:
+            checks.append(f"({at.text} < {size})")
+        src_idx.append(Ix(f"tl.minimum(tl.maximum({at.text}, 0), {size - 1})", k.axes)
+                       if checks else at)
+    v = w.value(n.srcs[0], tuple(src_idx))
+    if not checks:
+        return v
+    zero = "0.0" if w.dtype(i).is_float else "0"
+    axes = v.axes.union(*(k.axes for k in idx))
+    return w.let(w.fresh(f"pad{i}"), f"tl.where({' & '.join(checks)}, {v.text}, {zero})", axes, i)
+
+
+def _flip(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    shape = w.shape(i)
+    src_idx = tuple(Ix(f"{ix.dim_text(shape[a])} - 1 - {ix.wrap(k.text)}", k.axes)
+                    if a in n.attrs["axes"] and shape[a] != 1 else k
+                    for a, k in enumerate(idx))
+    return w.value(n.srcs[0], src_idx)
+
+
+def _dim(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    return w.let(w.fresh(f"dim{i}"), f"tl.full([], {ix.dim_text(n.attrs['dim'])}, tl.int32)",
+                 frozenset(), i)
+
+
 def _scalar_input(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
     name = sanitize(n.attrs["name"])
     w.scalars[name] = w.counters[i]
@@ -318,4 +362,5 @@ VIEW_RULES = {
     Op.CONST: _const, Op.FULL: _const, Op.IOTA: _iota, Op.RAND: _rand,
     Op.RESHAPE: _reshape, Op.PERMUTE: _permute, Op.EXPAND: _expand, Op.SLICE: _slice,
     Op.INDEX: _index, Op.GATHER: _gather, Op.CONCAT: _concat, Op.INPUT: _scalar_input,
+    Op.PAD: _pad, Op.FLIP: _flip, Op.DIM: _dim,
 }
