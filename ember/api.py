@@ -25,7 +25,7 @@ from ember.lang.emitter import Options
 from ember.lang.lower import declared_buffers, declared_params, lower
 from ember.lang.parser import parse
 from ember.passes.grad import grad as differentiate
-from ember.passes.pipeline import optimize
+from ember.passes.pipeline import PASS_NAMES, optimize
 from ember.passes.shapes import bind_dims
 from ember.runtime import init, oracle
 from ember.runtime.inputs import check_dim_names
@@ -51,8 +51,10 @@ def parse_file(path: str | Path) -> ast.Program:
 def compile_program(program: ast.Program, entry: str = "forward", stage: str = "opt",
                     options: Options = Options(), dims: Mapping[str, int] | None = None,
                     grad: bool = False, grad_inputs: Sequence[str] | bool = ()) -> Graph:
-    """Lower one entry of a parsed program and run the pipeline up to `stage`
-    ("ir", "grad" or "opt"). With grad=True the result also computes the
+    """Lower one entry of a parsed program and run the pipeline up to `stage`:
+    "ir" (lowering only), the name of a pipeline pass (the forward pipeline
+    through it), "grad" (the gradient pass's output) or "opt" (everything).
+    With grad=True the result also computes the
     gradient of the entry's first output (a scalar) with respect to every
     parameter and to `grad_inputs` (True: every float input), as outputs
     named `grad.<name>`."""
@@ -62,6 +64,8 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
         g = bind_dims(g, dims)
     if stage == "ir":
         return verify(g)
+    if stage in PASS_NAMES:
+        return verify(optimize(g, until=stage))
     g = optimize(g)
     if grad:
         if grad_inputs is True:

@@ -13,13 +13,15 @@ from ember.ir.printer import print_graph
 from ember.lang import ast
 from ember.lang.astprint import format_ast
 from ember.lang.emitter import Options
+from ember.passes.pipeline import PASS_NAMES
 from ember.runtime.files import write_atomic
 from ember.runtime.inputs import draw_inputs, ensure_fits, load_inputs
 from ember.runtime.params_io import check_params, load_params, save_npz, save_params
 
 from . import api, backends
 
-EMIT_CHOICES = ("ast", "ir", "grad", "opt", "kernels", "triton", "report")
+EMIT_CHOICES = ("ast", "ir", *PASS_NAMES, "grad", "opt", "kernels", "triton", "report")
+IR_STAGES = ("ir", *PASS_NAMES, "grad", "opt")
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -31,11 +33,11 @@ def compile_cmd(args: argparse.Namespace) -> int:
     if args.emit == "ast":
         print(format_ast(program))
         return 0
-    stage = args.emit if args.emit in ("ir", "grad") else "opt"
+    stage = args.emit if args.emit in IR_STAGES else "opt"
     if stage == "grad" and not args.grad:
         raise DSLError("--emit grad shows the gradient pass's output: add --grad")
     g = _compile(program, args, stage)
-    if args.emit in ("ir", "grad", "opt") and not args.target:
+    if args.emit in IR_STAGES and not args.target:
         print(print_graph(g))
         return 0
     from .kernel_cmds import compile_kernels

@@ -28,10 +28,16 @@ PIPELINE: list[tuple[str, Pass]] = [
 ]
 
 
-def optimize(g: Graph, check: bool = False) -> Graph:
-    """Run the pipeline; with check=True verify the IR after every pass."""
-    for _, run in PIPELINE:
+PASS_NAMES = tuple(name for name, _ in PIPELINE)
+
+
+def optimize(g: Graph, check: bool = False, until: str | None = None) -> Graph:
+    """Run the pipeline (through the pass named `until`, if given); with
+    check=True verify the IR after every pass."""
+    for name, run in PIPELINE:
         g = run(g)
         if check:
             verify(g)
+        if name == until:
+            break
     return g
