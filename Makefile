@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/ember compile models/transformer.ember --emit triton -o out/kernels
 	$(VENV)/bin/ember run models/transformer.ember --dims B=2,T=8 --backend triton --check \
 		--save-params out/gpt.safetensors -o out/gpt.npz
-	$(VENV)/bin/ember run models/lstm.ember --entry loss --dims B=4,T=6 --backend triton --check
+	$(VENV)/bin/ember run models/lstm.ember --entry loss --grad --dims B=4,T=6 --backend triton \
+		--check --save-grads out/lstm_grads.safetensors
 	$(VENV)/bin/ember compile models/lenet.ember --target sm_90 --dims B=8
 
 test: $(STAMP)
