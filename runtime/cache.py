@@ -16,9 +16,16 @@ Invariants:
   writer finds a valid entry, drops its own copy and returns the winner's path (the
   content is the same, since the key determines it). No ``.tmp-*`` directory outlives a
   ``put`` that returns or raises.
-* ``get`` never raises on bad data: unreadable/invalid JSON, a missing file, a wrong key
-  or a sha256 mismatch (a truncated file after a crash: renames may reach the disk before
-  file data) make the entry a miss, and the broken entry is removed.
+* ``get`` never raises on bad data: unreadable/invalid JSON, a missing file, a wrong key,
+  a sha256 mismatch (a truncated file after a crash: renames may reach the disk before
+  file data) or a plain file where the entry directory should be make the entry a miss,
+  and the broken entry is removed.
+* Removal takes away only the copy that was judged broken, never whatever sits at the
+  path by then: another process may have published a good entry there in the meantime
+  (see ``_remove``). ``discard`` does the same for an entry whose files passed the
+  manifest but that its user found broken (a module that does not import).
+* ``.tmp-*`` directories older than ``STALE_SECONDS`` (left by a killed writer) are swept
+  by the next ``put``; younger ones may belong to a writer still at work.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
+from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 _TMP_PREFIX = ".tmp-"
+STALE_SECONDS = 3600  # far longer than any put takes
 # Keys and file names become path components: no separators, no hidden/relative names.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
@@ -67,6 +77,7 @@ class CodeCache:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self._read: dict[str, tuple[int, int, int]] = {}  # key -> the copy get read
 
     def key(self, *parts: str) -> str:
         """sha256 hex over ``parts`` and the Ember/Triton versions."""
@@ -86,12 +97,21 @@ class CodeCache:
     def get(self, key: str) -> dict[str, str] | None:
         """The entry's files, or None on a miss (absent, partial or corrupt entry)."""
         entry = self.path(key)
-        if not entry.is_dir():
+        ident = _identity(entry)
+        if ident is None:
             return None
-        files = _read_entry(entry, key)
+        files = _read_entry(entry, key) if entry.is_dir() else None
         if files is None:
-            _remove(entry)
+            _remove(entry, ident)
+        else:
+            self._read[key] = ident
         return files
+
+    def discard(self, key: str) -> None:
+        """Remove the entry that ``get`` returned for ``key``, if it is still there."""
+        ident = self._read.pop(key, None)
+        if ident is not None:
+            _remove(self.path(key), ident)
 
     def put(self, key: str, files: dict[str, str]) -> Path:
         """Store ``files`` under ``key`` atomically and return the entry directory."""
@@ -100,6 +120,7 @@ class CodeCache:
             if name == MANIFEST or not _SAFE_NAME.fullmatch(name):
                 raise ValueError(f"invalid file name {name!r} for a cache entry")
         self.root.mkdir(parents=True, exist_ok=True)
+        _sweep(self.root)
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root))
         try:
             _write_entry(tmp, key, files)
@@ -116,11 +137,11 @@ class CodeCache:
                 os.rename(tmp, entry)  # atomic; fails if entry exists and is non-empty
                 return
             except OSError:
-                if not entry.exists():
+                if _identity(entry) is None:
                     raise  # not a collision: a real error (permissions, disk full, ...)
             if self.get(key) is not None:
                 return  # another writer won with identical content; tmp is dropped
-            # get() removed a broken entry: retry the rename.
+            # get() removed a broken entry (or a file in its place): retry the rename.
         raise OSError(f"could not publish cache entry {entry}: it keeps being replaced")
 
 
@@ -155,14 +176,51 @@ def _read_entry(entry: Path, key: str) -> dict[str, str] | None:
         return None
 
 
-def _remove(entry: Path) -> None:
-    """Delete a broken entry; losing a race with another remover is fine.
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What sits at path now, or None if nothing does: (device, inode, mtime).
 
-    Renaming it away first means a half-deleted directory never sits at the entry path.
+    The mtime tells apart a new directory that reuses a freed inode number, and a
+    rename leaves it alone."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _remove(entry: Path, ident: tuple[int, int, int]) -> None:
+    """Delete the broken copy ``ident`` of an entry; losing a race is fine.
+
+    It is renamed away first, so a half-deleted directory never sits at the entry
+    path. If what was renamed is not the broken copy (another process removed that one
+    and published a new entry in between), the new entry is put back; should yet
+    another have been published meanwhile, this duplicate of it is dropped.
     """
     dead = entry.with_name(f"{_TMP_PREFIX}dead-{entry.name}-{uuid.uuid4().hex}")
     try:
         os.rename(entry, dead)
     except OSError:
         return  # already gone (another reader or writer dealt with it)
-    shutil.rmtree(dead, ignore_errors=True)
+    if _identity(dead) != ident:
+        with suppress(OSError):
+            os.rename(dead, entry)
+            return
+    _delete(dead)
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(OSError):
+            path.unlink()
+
+
+def _sweep(root: Path) -> None:
+    """Delete temporary directories that a killed writer or remover left behind."""
+    now = time.time()
+    with suppress(OSError):
+        for p in root.iterdir():
+            with suppress(OSError):
+                if p.name.startswith(_TMP_PREFIX) and now - p.lstat().st_mtime > STALE_SECONDS:
+                    _delete(p)

@@ -9,11 +9,14 @@ kernel source in a real file) and are imported under a name from their key.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -77,7 +80,11 @@ def load_module(path: Path, name: str) -> ModuleType:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # a later import must not find the half-run module
+        raise
     return module
 
 
@@ -96,13 +103,22 @@ class TritonProgram:
         key = cache.key(print_graph(g), ",".join(g.output_names), f"fused={fused}",
                         f"precision={precision}",
                         compiler_fingerprint())
+        self.symbols, self.py = self._load(cache, key)
+
+    def _load(self, cache: CodeCache, key: str) -> tuple[list[str], ModuleType]:
+        """The module for `key`: the cached one if it imports, else generated
+        and stored. A cached entry that passes its manifest but does not
+        import is removed (that copy only) and regenerated, so it cannot
+        poison later runs; a failure of a fresh module is a compiler bug."""
         files = cache.get(key)
-        if files is None:
-            files = {"kernels.py": self.module.source,
-                     "symbols.json": json.dumps(self.module.symbols)}
-            cache.put(key, files)
-        self.symbols: list[str] = json.loads(files["symbols.json"])
-        self.py = load_module(cache.path(key) / "kernels.py", f"ember_kernels_{key[:20]}")
+        if files is not None:
+            try:
+                return _import(cache.path(key), key, files)
+            except Exception:  # anything a broken module can raise on import
+                cache.discard(key)
+        files = {"kernels.py": self.module.source,
+                 "symbols.json": json.dumps(self.module.symbols)}
+        return _import(_store(cache, key, files), key, files)
 
     @cached_property
     def module(self) -> Module:
@@ -128,6 +144,45 @@ class TritonProgram:
                            f"{unbound[0]}=N")
         outs = self.py.launch(t_in, t_par, env, seed, pool or Pool(dev))
         return outs if as_torch else {k: v.cpu().numpy() for k, v in outs.items()}
+
+
+def _import(directory: Path, key: str, files: dict[str, str]) -> tuple[list[str], ModuleType]:
+    symbols = json.loads(files["symbols.json"])
+    module = load_module(directory / "kernels.py", f"ember_kernels_{key[:20]}")
+    if not callable(getattr(module, "launch", None)):
+        del sys.modules[module.__name__]
+        raise ImportError(f"{directory / 'kernels.py'} defines no launch()")
+    return symbols, module
+
+
+def _store(cache: CodeCache, key: str, files: dict[str, str]) -> Path:
+    """Put the entry in the cache; if the cache cannot be written (a file in
+    its place, no permission, a full disk), warn once and use a private
+    temporary directory instead: an unusable cache never stops a run."""
+    try:
+        return cache.put(key, files)
+    except OSError as e:
+        if str(cache.root) not in _WARNED:
+            _WARNED.add(str(cache.root))
+            print(f"ember: warning: cannot use the kernel cache '{cache.root}' "
+                  f"({e.strerror or e}); compiling into a private temporary directory",
+                  file=sys.stderr)
+    try:
+        return CodeCache(_private_root()).put(key, files)
+    except OSError as e:
+        raise DSLError(f"cannot write the generated kernels to the cache '{cache.root}' or to "
+                       f"a temporary directory: {e.strerror or e}") from None
+
+
+_WARNED: set[str] = set()
+
+
+@lru_cache(maxsize=1)
+def _private_root() -> Path:
+    """A cache directory of this process's own, removed when it exits."""
+    root = tempfile.mkdtemp(prefix="ember-kernels-")
+    atexit.register(shutil.rmtree, root, True)
+    return Path(root)
 
 
 def _on(v: Any, dev: str) -> Any:
