@@ -1,15 +1,21 @@
-"""Templates for the windowed kernels: conv2d as an implicit GEMM, and pooling.
+"""Templates for the windowed kernels: conv2d as an implicit GEMM, pooling and
+max-pool's backward.
 
 conv2d never builds an im2col buffer: each K step decodes its slice of
 (channel, kh, kw) from the K index and loads the input pixels it needs, with
-zero padding expressed as a mask. Pooling is a pointwise kernel over the pooled
-output with the window unrolled; padded taps are -inf (max) or 0 (avg).
+zero padding expressed as a mask. The same template runs conv2d's gradients
+(passes/vjp.py): the input gradient reads a PAD view of dy (interior padding =
+the stride) and a FLIP view of the weight, which the writer folds into the
+loads; the weight gradient's channels are the batch, so K = N*OH*OW may be
+symbolic. Pooling is a pointwise kernel over the pooled output with the window
+unrolled; padded taps are -inf (max) or 0 (avg). Max-pool's backward is a
+pointwise kernel over the input (see pool_grad).
 """
 
 from __future__ import annotations
 
 from ember.ir import dims
-from ember.ir.dims import Dim
+from ember.ir.dims import Dim, Shape
 from ember.ir.ops import Op
 
 from . import ix
@@ -21,25 +27,22 @@ from .writer import KernelWriter
 def conv(w: KernelWriter) -> Launch:
     c = w.kernel.anchor
     n = w.g.nodes[c]
-    x, wt = n.srcs
-    N, C, H, W = w.shape(x)
-    OC, CG, KH, KW = w.shape(wt)
+    N = w.shape(n.srcs[0])[0]
+    OC, CG, KH, KW = w.shape(n.srcs[1])
     _, _, OH, OW = w.shape(c)
-    (sh, sw), (ph, pw), (dh, dw), groups = (n.attrs["stride"], n.attrs["padding"],
-                                             n.attrs["dilation"], n.attrs["groups"])
-    rows = dims.prod((N, OH, OW))
-    # dims may be symbolic: the weight gradient's channels are the batch N
-    ocg, ktot = dims.div(OC, groups), dims.prod((CG, KH, KW))
+    groups = n.attrs["groups"]
+    # dims may be symbolic: a weight gradient's channels (so its K) are the batch
+    ocg, ktot, rows = dims.div(OC, groups), dims.prod((CG, KH, KW)), dims.prod((N, OH, OW))
     assert ocg is not None, "the shape rule checks that groups divide the channels"
-    K, OCG = ix.dim_text(ktot), ix.dim_text(ocg)
+    R, K, OCG = ix.dim_text(rows), ix.dim_text(ktot), ix.dim_text(ocg)
     w.line("pid_m = tl.program_id(0)")
     w.line("pid_n = tl.program_id(1)")
     w.line("group = tl.program_id(2)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    w.axes(m=("rm", f"(rm < {ix.dim_text(rows)})"), n=("rn", f"(rn < {OCG})"))
-    bn, oh, ow = _name_index(w, ix.delinear(Ix("rm", frozenset("m")), (N, OH, OW)),
-                             ["batch", "oh", "ow"])
+    w.axes(m=("rm", f"(rm < {R})"), n=("rn", f"(rn < {OCG})"))
+    out = _name_index(w, ix.delinear(Ix("rm", frozenset("m")), (N, OH, OW)),
+                      ["batch", "oh", "ow"])
     oc = w.let("oc", f"group * {ix.wrap(OCG)} + rn", frozenset("n")) if groups > 1 else Ix(
         "rn", frozenset("n"))
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float{_bits(w, c)})")
@@ -48,11 +51,35 @@ def conv(w: KernelWriter) -> Launch:
     w.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
     w.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
     w.axes(ka=("ka", f"(ka < {K})"), kb=("kb", f"(kb < {K})"))
+    va = _input_tile(w, c, out)
+    cb, khb, kwb = _name_index(w, ix.delinear(Ix("kb", frozenset({"kb"})), (CG, KH, KW)),
+                               ["cb", "khb", "kwb"])
+    vb = operand(w, n.srcs[1], (oc, cb, khb, kwb), {"kb", "n"})
+    w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, c)})", c)
+    w.pop()
+    out_idx = (out[0], oc, out[1], out[2])
+    w.remember(c, out_idx, Ix("acc", frozenset({"m", "n"})))
+    store_outputs(w, {o: out_idx for o in w.kernel.outputs})
+    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({OCG}, BLOCK_N)", str(groups)],
+                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({OCG})",
+                   "BLOCK_K": "blocks.CONV_BLOCK_K"}, f"blocks.conv_warps({R}, {OCG})")
+
+
+def _input_tile(w: KernelWriter, c: int, out: tuple[Ix, ...]) -> Ix:
+    """The [BLOCK_M, BLOCK_K] tile of conv c's input: output pixel `out` (rows)
+    times the K slice's (channel, kh, kw) taps, zero in the padding."""
+    n = w.g.nodes[c]
+    x = n.srcs[0]
+    _, _, H, W = w.shape(x)
+    CG, KH, KW = w.shape(n.srcs[1])[1:]
+    (sh, sw), (ph, pw), (dh, dw) = n.attrs["stride"], n.attrs["padding"], n.attrs["dilation"]
+    bn, oh, ow = out
     ca, kha, kwa = _name_index(w, ix.delinear(Ix("ka", frozenset({"ka"})), (CG, KH, KW)),
                                ["ca", "kha", "kwa"])
-    ih = w.let("ih", f"{oh} * {sh} - {ph} + {kha} * {dh}", frozenset({"m", "ka"}))
-    iw = w.let("iw", f"{ow} * {sw} - {pw} + {kwa} * {dw}", frozenset({"m", "ka"}))
-    cin = Ix(f"group * {ix.wrap(ix.dim_text(CG))} + {ca}", frozenset({"ka"})) if groups > 1 else ca
+    ih = w.let("ih", _coord(oh, sh, ph, kha, dh), frozenset({"m", "ka"}))
+    iw = w.let("iw", _coord(ow, sw, pw, kwa, dw), frozenset({"m", "ka"}))
+    cin = (Ix(f"group * {ix.wrap(ix.dim_text(CG))} + {ca}", frozenset({"ka"}))
+           if n.attrs["groups"] > 1 else ca)
     tests = _bound_tests([(ih, H, ph, bool(oh.axes | kha.axes)),
                           (iw, W, pw, bool(ow.axes | kwa.axes))])
     if tests is None:  # a constant coordinate in the padding: every tap reads a zero
@@ -62,18 +89,13 @@ def conv(w: KernelWriter) -> Launch:
     w.extra_mask = "inside" if tests != [] else ""
     va = operand(w, x, (bn, cin, ih, iw), {"m", "ka"})
     w.extra_mask = ""
-    cb, khb, kwb = _name_index(w, ix.delinear(Ix("kb", frozenset({"kb"})), (CG, KH, KW)),
-                               ["cb", "khb", "kwb"])
-    vb = operand(w, wt, (oc, cb, khb, kwb), {"kb", "n"})
-    w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, c)})", c)
-    w.pop()
-    out_idx = (bn, oc, oh, ow)
-    w.remember(c, out_idx, Ix("acc", frozenset({"m", "n"})))
-    store_outputs(w, {o: out_idx for o in w.kernel.outputs})
-    R = ix.dim_text(rows)
-    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({OCG}, BLOCK_N)", str(groups)],
-                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({OCG})",
-                   "BLOCK_K": "blocks.CONV_BLOCK_K"}, f"blocks.conv_warps({R}, {OCG})")
+    return va
+
+
+def _coord(out: Ix, stride: int, pad: int, tap: Ix, dilation: int) -> str:
+    """The input coordinate `out * stride - pad + tap * dilation`, as written
+    by hand (no factors of 1, no `- 0`)."""
+    return f"{ix.mul(out, stride)}{_minus(pad)} + {ix.mul(tap, dilation)}"
 
 
 def _bound_tests(coords: list[tuple[Ix, Dim, int, bool]]) -> list[str] | None:
@@ -101,14 +123,7 @@ def pool(w: KernelWriter) -> Launch:
     x = n.srcs[0]
     _, _, H, W = w.shape(x)
     (kh, kw), (sh, sw), (ph, pw) = n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]
-    shape = w.shape(p)
-    numel = ix.dim_text(dims.prod(shape))
-    w.line("pid = tl.program_id(0)")
-    w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
-    w.line(f"mask = offs < {numel}")
-    w.axes(x=("offs", "mask"))
-    bn, ch, oh, ow = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape),
-                                 ["batch", "ch", "oh", "ow"])
+    (bn, ch, oh, ow), launch = _flat_tile(w, w.shape(p), ["batch", "ch", "oh", "ow"])
     is_max = n.op is Op.MAX_POOL2D
     fill = '-float("inf")' if is_max else "0.0"
     w.line(f"acc = tl.full((BLOCK,), {fill}, dtype=tl.float{_bits(w, p)})")
@@ -116,8 +131,8 @@ def pool(w: KernelWriter) -> Launch:
     w.depth += 1
     w.line(f"for j in tl.static_range({_taps(ow, kw, pw, W)}):")
     w.push()
-    ih = w.let("ih", f"{oh} * {sh} - {ph} + i", frozenset("x"))
-    iw = w.let("iw", f"{ow} * {sw} - {pw} + j", frozenset("x"))
+    ih = w.let("ih", _coord(oh, sh, ph, Ix("i"), 1), frozenset("x"))
+    iw = w.let("iw", _coord(ow, sw, pw, Ix("j"), 1), frozenset("x"))
     # a constant coordinate needs no test: _taps kept its taps inside
     tests = _bound_tests([(ih, H, ph if oh.axes else 0, True), (iw, W, pw if ow.axes else 0, True)])
     if tests:
@@ -135,7 +150,19 @@ def pool(w: KernelWriter) -> Launch:
     idx = (bn, ch, oh, ow)
     w.remember(p, idx, Ix("acc", frozenset("x")))
     store_outputs(w, {o: idx for o in w.kernel.outputs})
-    return Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
+    return launch
+
+
+def _flat_tile(w: KernelWriter, shape: Shape, names: list[str]) -> tuple[tuple[Ix, ...], Launch]:
+    """A one-axis tile of BLOCK positions of `shape`: their index, named, and
+    the launch covering the shape."""
+    numel = ix.dim_text(dims.prod(shape))
+    w.line("pid = tl.program_id(0)")
+    w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
+    w.line(f"mask = offs < {numel}")
+    w.axes(x=("offs", "mask"))
+    idx = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape), names)
+    return idx, Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
 
 
 def _taps(out: Ix, k: int, pad: int, size: Dim) -> str:
@@ -163,15 +190,8 @@ def pool_grad(w: KernelWriter) -> Launch:
     p = w.kernel.anchor
     n = w.g.nodes[p]
     x, dy = n.srcs
-    shape = w.shape(p)
-    numel = ix.dim_text(dims.prod(shape))
     w.used.update(POOL_GRAD_LOCALS)
-    w.line("pid = tl.program_id(0)")
-    w.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
-    w.line(f"mask = offs < {numel}")
-    w.axes(x=("offs", "mask"))
-    bn, ch, xh, xw = _name_index(w, ix.delinear(Ix("offs", frozenset("x")), shape),
-                                 ["batch", "ch", "xh", "xw"])
+    (bn, ch, xh, xw), launch = _flat_tile(w, w.shape(p), ["batch", "ch", "xh", "xw"])
     xh, xw = _on_lanes(w, xh, "xh"), _on_lanes(w, xw, "xw")
     w.line(f"acc = tl.zeros((BLOCK,), dtype=tl.float{_bits(w, p)})")
     (kh, kw), (sh, sw) = n.attrs["kernel"], n.attrs["stride"]
@@ -193,7 +213,7 @@ def pool_grad(w: KernelWriter) -> Launch:
     idx = (bn, ch, xh, xw)
     w.remember(p, idx, Ix("acc", frozenset("x")))
     store_outputs(w, {o: idx for o in w.kernel.outputs})
-    return Launch([f"triton.cdiv({numel}, BLOCK)"], {"BLOCK": f"blocks.pointwise({numel})"})
+    return launch
 
 
 def _on_lanes(w: KernelWriter, pos: Ix, name: str) -> Ix:
@@ -238,8 +258,8 @@ def _first_max(w: KernelWriter, p: int, win: tuple[Ix, ...]) -> None:
     w.depth += 1
     w.line(f"for j in tl.static_range({kw}):")
     w.push()
-    ih = w.let("ih", f"{oh} * {sh}{_minus(ph)} + i", frozenset("x"))
-    iw = w.let("iw", f"{ow} * {sw}{_minus(pw)} + j", frozenset("x"))
+    ih = w.let("ih", _coord(oh, sh, ph, Ix("i"), 1), frozenset("x"))
+    iw = w.let("iw", _coord(ow, sw, pw, Ix("j"), 1), frozenset("x"))
     w.line(f"inside = win & (ih >= 0) & (ih < {ix.dim_text(H)}) & (iw >= 0) & "
            f"(iw < {ix.dim_text(W)})")
     w.extra_mask = "inside"
