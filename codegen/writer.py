@@ -173,13 +173,6 @@ class KernelWriter:
         self.pointers[name] = i
         return name
 
-    def extra_output(self, tag: str, shape: Shape, dtype: DType) -> str:
-        """A buffer the kernel writes that no IR node names (e.g. attention's
-        log-sum-exp, kept for a backward pass); returns its pointer argument."""
-        var = f"{self.names[self.kernel.outputs[0]]}_{tag}"
-        self.extras[f"{var}_ptr"] = (var, shape, dtype)
-        return f"{var}_ptr"
-
     def offset(self, i: int, idx: tuple[Ix, ...]) -> Ix:
         return ix.linear(idx, self.shape(i))
 
