@@ -7,9 +7,8 @@ Gradients are compared per parameter, as max |ours - torch| over the largest
 
 * float64 on the NumPy oracle: < 1e-9, at two sizes from one compiled graph.
   (Relative to at least 1e-4 of the model's largest gradient: see FLOOR.)
-  The running statistics of resnet's batch norms are buffers in torch, which
-  it refuses to differentiate; their gradients (eval mode reads them) are
-  checked with torch.autograd through tests/torch_ir.py instead.
+  The gradients are exactly the twin's named_parameters(): resnet's running
+  statistics are buffers on both sides, state that is never differentiated.
 * float32 on the oracle and through the generated Triton kernels (the
   interpreter): < 1e-5. Both sides round in float32 and sum in different
   orders; we measure about 4e-7 (a few ulps of 6e-8 times the depth of the
@@ -20,8 +19,8 @@ Gradients are compared per parameter, as max |ours - torch| over the largest
 * the attention spellings of tests/test_fused_patterns.py, with a loss
   sum(attention * w), against a direct torch attention: gradients of q, k, v
   (and of an additive mask).
-* `ember run --grad --save-grads`: the file holds exactly the state dict's
-  float keys, and its values are the twin's gradients.
+* `ember run --grad --save-grads`: the file holds exactly the trainable keys
+  of the state dict, and its values are the twin's gradients.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ import torch
 from test_fused_patterns import SCALE, VARIANTS, attention_src
 from test_models_vs_torch import NAMES, _ce, _stream, make_inputs, torch_model
 from test_models_vs_torch import graph as forward_graph
-from torch_ir import evaluate_torch
 from util import MODEL_NAMES, MODELS, perturb
 
 from ember import api, cli
@@ -134,18 +132,14 @@ def test_grads_match_torch_f64(model: str) -> None:
         assert_grads_close(ember_grads("numpy", g, inputs, params), want, TOL64)
 
 
-def test_running_stat_grads_match_torch_autograd() -> None:
-    """Eval-mode batch norm reads the running statistics: they have gradients
-    (torch keeps them as buffers and will not differentiate them)."""
-    params = state("resnet", True, seed=3)
-    inputs = make_inputs("resnet", np.random.default_rng(4), 2, 3)
-    got = ember_grads("numpy", grad_graph("resnet", False, True), inputs, params)
-    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    (loss,) = evaluate_torch(forward_graph("resnet", "loss"), inputs, leaves)
-    stats = sorted(k for k in params if ".running_" in k)
-    want = torch.autograd.grad(loss, [leaves[k] for k in stats])
-    assert len(stats) == 12  # six batch norms
-    assert_grads_close(got, {k: w.numpy() for k, w in zip(stats, want)}, TOL64)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_gradients_are_the_trainable_parameters(model: str, train: bool) -> None:
+    """One gradient per torch parameter; buffers (resnet's running statistics,
+    read in eval mode) get none."""
+    twin = torch_model(model, state(model, False, seed=0), train)
+    got = set(api.grad_names(grad_graph(model, train, False)).values())
+    assert got == {n for n, _ in twin.named_parameters()}
 
 
 @pytest.mark.parametrize("backend", ["numpy", "triton"])
@@ -169,7 +163,7 @@ def _mlp_keep(seed: int, b: int) -> np.ndarray:
 @pytest.mark.parametrize("model", ["mlp", "resnet"])
 def test_train_grads_match_torch(model: str, backend: str, float64: bool) -> None:
     """Dropout's mask (recomputed in the backward, never stored) and batch
-    statistics; the running statistics are not read, so their gradients are 0."""
+    statistics."""
     dtype = np.float64 if float64 else np.float32
     params = {k: v for k, v in state(model, float64, seed=7).items()}
     inputs = make_inputs(model, np.random.default_rng(8), 2, 3, dtype)
@@ -178,7 +172,6 @@ def test_train_grads_match_torch(model: str, backend: str, float64: bool) -> Non
     got = ember_grads(backend, grad_graph(model, True, float64), inputs, params, seed)
     want = twin_grads(model, params, inputs, train=True, keep=keep)
     assert_grads_close(got, want, TOL64 if float64 else RTOL32)
-    assert not any(".running_" in k for k in got)
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -259,6 +252,7 @@ def test_saved_grads_are_the_state_dict_grads(model: str, tmp_path) -> None:
     assert rc == 0
     params, grads = (load_params(str(f)) for f in files.values())
     twin = torch_model(model, params)
-    assert set(grads) == set(twin.state_dict()) == set(params)
+    assert set(params) == set(twin.state_dict())
+    assert set(grads) == {n for n, _ in twin.named_parameters()}
     assert all(g.dtype == np.float32 for g in grads.values())
     assert_grads_close(grads, twin_grads(model, params, inputs), RTOL32)
