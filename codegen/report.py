@@ -17,7 +17,7 @@ from typing import Any
 from ember.ir import dims
 from ember.ir.graph import Graph
 from ember.ir.loc import DSLError
-from ember.ir.ops import ELEMENTWISE, REDUCE, Op
+from ember.ir.ops import ATTENTION_OPS, ELEMENTWISE, REDUCE, Op
 from ember.passes.fuse import Plan
 
 from .module import KernelCode, Module
@@ -131,4 +131,20 @@ def _flops(g: Graph, i: int, env: Mapping[str, int]) -> int:
         return _numel(g, n.srcs[0], env)
     if n.op in ELEMENTWISE:
         return _numel(g, i, env)
+    if n.op is Op.GET and g.nodes[n.srcs[0]].op in ATTENTION_OPS:
+        return _attention_flops(g, n.srcs[0], n.attrs["index"], env)
     return 0
+
+
+def _attention_flops(g: Graph, op: int, index: int, env: Mapping[str, int]) -> int:
+    """The dots of an attention kernel (every tile, causal ones too), counted
+    once per kernel at the GET of o, dq or dk: forward q k^T and p v; the dk/dv
+    kernel recomputes q k^T and adds p^T do, do v^T and ds^T q; the dq kernel
+    recomputes q k^T and do v^T and adds ds k."""
+    n = g.nodes[op]
+    q, k, v = (g.nodes[s].tensor.shape for s in n.srcs[:3])
+    pairs = math.prod(_bind(d, env) for d in (*q[:-1], k[-2]))   # (query, key) pairs
+    dk, d = _bind(q[-1], env), _bind(v[-1], env)
+    if n.op is Op.ATTENTION:
+        return 2 * pairs * (dk + d) if index == 0 else 0
+    return {0: 2 * pairs * (2 * dk + d), 1: 4 * pairs * (dk + d)}.get(index, 0)
