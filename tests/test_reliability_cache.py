@@ -1,12 +1,12 @@
 """A kernel cache that cannot be used never stops a run, and a broken entry
 never poisons later ones.
 
-Through the command line (a subprocess each, so no module survives between
-runs in `sys.modules`): EMBER_CACHE_DIR naming a file, and an entry whose
-manifest matches but whose module does not import. In process: an unwritable
-cache, a file where an entry directory should be, stale temporary directories,
-and the races in which another process publishes a good entry while this one
-removes a copy it judged broken.
+Through the command line (`ember.cli.main` in process, forgetting imported
+kernel modules between runs as a new process would): EMBER_CACHE_DIR naming a
+file, and an entry whose manifest matches but whose module does not import.
+Against the cache itself: an unwritable cache, a file where an entry directory
+should be, stale temporary directories, and the races in which another process
+publishes a good entry while this one removes a copy it judged broken.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,45 +21,62 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from util import MODELS  # tests/util.py
 
+from ember import cli
 from ember.runtime import cache as cache_mod
 from ember.runtime.cache import MANIFEST, STALE_SECONDS, CodeCache
 
 FILES = {"kernels.py": "def launch(*args):\n    return {}\n", "symbols.json": "[]"}
 
 
-def run_mlp(cache_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EMBER_CACHE_DIR": str(cache_dir)}
-    return subprocess.run([sys.executable, "-m", "ember", "run", str(MODELS / "mlp.ember"),
-                           "--dims", "B=2", "--backend", "triton", "--check"],
-                          capture_output=True, text=True, timeout=300, env=env)
+def run_triton(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+               cache_dir: Path) -> tuple[int, str, str]:
+    """`ember run` of a one-kernel model on the Triton backend with EMBER_CACHE_DIR
+    set; (exit code, stdout, stderr). Kernel modules imported by an earlier run
+    are forgotten first, as a new process would not have them."""
+    for name in [m for m in sys.modules if m.startswith("ember_kernels_")]:
+        del sys.modules[name]
+    model = cache_dir.parent / "tiny.ember"
+    model.write_text("model M { def forward(x: f32[4]) { return relu(x) * 2.0 } }\n")
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(cache_dir))
+    rc = cli.main(["run", str(model), "--backend", "triton"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
-def test_a_cache_dir_that_is_a_file(tmp_path: Path) -> None:
+def test_a_cache_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cache").write_text("not a directory")
-    r = run_mlp(tmp_path / "cache")
-    assert r.returncode == 0, r.stderr
-    assert "check forward:" in r.stdout and "ok" in r.stdout
-    assert r.stderr.count("warning: cannot use the kernel cache") == 1, r.stderr
-    assert "Traceback" not in r.stderr
+    errs = []
+    for _ in range(2):
+        rc, out, err = run_triton(capsys, monkeypatch, tmp_path / "cache")
+        assert rc == 0, err
+        assert "forward: float32 [4]" in out
+        errs.append(err)
+    # warned once per process (in the first run), not once per run
+    assert errs[0].count("warning: cannot use the kernel cache") == 1, errs[0]
+    assert "Traceback" not in errs[0] and errs[1] == ""
     assert (tmp_path / "cache").read_text() == "not a directory"
 
 
-def test_a_broken_module_behind_a_good_manifest_is_replaced(tmp_path: Path) -> None:
-    assert run_mlp(tmp_path).returncode == 0
-    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+def test_a_broken_module_behind_a_good_manifest_is_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    assert run_triton(capsys, monkeypatch, cache)[0] == 0
+    (entry,) = list(cache.iterdir())
     broken = "raise RuntimeError('half an upgrade')\n"
     (entry / "kernels.py").write_text(broken)
     manifest = json.loads((entry / MANIFEST).read_text())
     manifest["files"]["kernels.py"] = hashlib.sha256(broken.encode()).hexdigest()
     (entry / MANIFEST).write_text(json.dumps(manifest))
-    for _ in range(2):  # the run after the repair reads the repaired entry
-        r = run_mlp(tmp_path)
-        assert r.returncode == 0, r.stderr
-        assert r.stderr == ""
-        assert "def launch(" in (entry / "kernels.py").read_text()
-    assert [p.name for p in tmp_path.iterdir()] == [entry.name]
+    rc, out, err = run_triton(capsys, monkeypatch, cache)
+    assert rc == 0, err
+    assert err == "" and "forward: float32 [4]" in out
+    # repaired in place: a later run reads a valid entry with a working module
+    assert [p.name for p in cache.iterdir()] == [entry.name]
+    files = CodeCache(cache).get(entry.name)
+    assert files is not None and "def launch(" in files["kernels.py"]
 
 
 def test_an_unwritable_cache_warns_once_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

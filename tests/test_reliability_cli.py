@@ -98,7 +98,7 @@ def test_a_100k_argument_is_cut(here: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_a_100k_source_line_is_shown_around_the_caret(
         here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = "  def forward(x: f32[B, 4]) { return " + "x + " * 25_000 + "nope }"
+    line = "  def forward(x: f32[B, 4]) { return " + " " * 100_000 + "nope }  # " + "z" * 9_000
     (here / "long.ember").write_text("model M {\n" + line + "\n}\n")
     rc, err = ember(capsys, "compile", "long.ember")
     assert rc == 1
