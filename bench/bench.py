@@ -51,13 +51,13 @@ def compile_time(path: Path, repeats: int = 5) -> float:
 def intermediate_bytes(mod: Module, env: dict[str, int]) -> int:
     """Bytes of buffers the launcher allocates that are not model outputs."""
     out = 0
-    for code in mod.kernels:
-        g = code.plan.graph
-        for o in code.kernel.outputs:
-            if o not in g.outputs or code.plan is not mod.plan:
+    for site in mod.launches:
+        g = site.plan.graph
+        for o in site.kernel.outputs:
+            if o not in g.outputs or site.plan is not mod.plan:
                 t = g.nodes[o].tensor
                 out += math.prod(dimlib.bind_shape(t.shape, env)) * t.dtype.itemsize
-        for _, shape, dtype in code.extras.values():
+        for _, shape, dtype in site.extras.values():
             out += math.prod(dimlib.bind_shape(shape, env)) * dtype.itemsize
     return out
 

@@ -1,15 +1,21 @@
 """emit_triton: a fused plan -> one Python module of Triton kernels + a launcher.
 
 The module reads top to bottom like hand-written code: a header naming the
-model, then per kernel a comment with the IR ops and DSL lines it computes and
-the @triton.jit function, then `launch(...)`, which binds dims, allocates
-buffers from a pool (reusing those whose last reader has run), launches the
-kernels in order and runs loop bodies once per step.
+model, then per distinct kernel a comment with its ops and the DSL lines of
+every site that launches it and the @triton.jit function, then `launch(...)`,
+which binds dims, allocates buffers from a pool (reusing those whose last
+reader has run), launches the kernels in order (each launch under a comment
+naming the IR nodes it computes) and runs loop bodies once per step.
+
+Kernels are emitted once: a kernel's text names buffers by position (`in0_ptr`,
+`out0_ptr`, see ArgNames) and its locals canonically (canon.py), so the
+repeated blocks of a model launch one kernel from many sites.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ember.ir import dims
@@ -19,6 +25,7 @@ from ember.ir.graph import Graph
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
+from . import canon
 from .checks import BOUNDS, HEADER, Site, launcher_lines
 from .flash_bwd import attention_dkdv, attention_dq
 from .fused import attention, gates
@@ -37,33 +44,73 @@ TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "i32": "torch.int
 
 @dataclass
 class KernelCode:
-    """One generated kernel: its source, arguments and launch description."""
+    """One distinct kernel: canonical code launched from one or more sites.
+
+    Its text never names a site's buffers or IR nodes, so every site whose
+    kernel reads the same (and is launched alike) shares it."""
 
     name: str
-    kernel: Kernel
-    plan: Plan
-    source: str
-    pointers: dict[str, int]        # kernel arg -> buffer node
-    dim_args: list[str]
-    scalars: dict[str, str]         # kernel arg -> launcher expression
+    kind: str
+    params: list[str]
+    body: list[str]                 # code lines, comments split off (canon.split)
     launch: Launch
-    extras: dict[str, tuple[str, Shape, DType]]   # kernel arg -> (launcher var, shape, dtype)
+    types: dict[str, str]           # argument -> type for an ahead-of-time compile
+    sites: list[LaunchSite] = field(default_factory=list)
+
+    @property
+    def kernel(self) -> Kernel:
+        """The IR group of the first launch site (all sites compute alike)."""
+        return self.sites[0].kernel
+
+    @property
+    def source(self) -> str:
+        """The kernel as emitted: the sites' DSL lines, then the function, each
+        line's comment merged over the sites."""
+        lines = [canon.join(code, canon.merge([s.comments[k] for s in self.sites]))
+                 for k, code in enumerate(self.body)]
+        signature = wrap_call(f"def {self.name}(", self.params, "):", "")
+        return "\n".join([self._comment(), "@triton.jit", signature, *lines]) + "\n"
 
     def signature(self) -> dict[str, str]:
         """Argument types for an ahead-of-time compile."""
+        return dict(self.types)
+
+    def _comment(self) -> str:
+        g = self.sites[0].plan.graph
+        ops = ", ".join(g.nodes[i].op.value for i in sorted(self.kernel.nodes))
+        n = len(self.sites)
+        where = f"; {n} launch sites" if n > 1 else ""
+        lines = [f"# {self.name}: {ops}{where}"]
+        lines += [f"#   {f.rsplit('/', 1)[-1]}:{line}: {text}"
+                  for f, line, text in sorted({loc for s in self.sites for loc in s.locs()})]
+        return "\n".join(lines)
+
+
+@dataclass
+class LaunchSite:
+    """One place the launcher launches a kernel: the IR group it computes there
+    and what it passes for the kernel's arguments."""
+
+    code: KernelCode
+    kernel: Kernel
+    plan: Plan
+    pointers: dict[str, int]        # kernel arg -> buffer node
+    scalars: dict[str, str]         # kernel arg -> launcher expression
+    extras: dict[str, tuple[str, Shape, DType]]   # kernel arg -> (launcher var, shape, dtype)
+    comments: list[str]             # this site's comment on each line of code.body
+
+    def locs(self) -> set[tuple[str, int, str]]:
+        """(file, line, source text) of the DSL lines this site computes."""
         g = self.plan.graph
-        sig = {p: PTR_DTYPE[g.nodes[i].tensor.dtype] for p, i in self.pointers.items()}
-        sig.update({p: PTR_DTYPE[dtype] for p, (_, _, dtype) in self.extras.items()})
-        sig.update({d: "i32" for d in self.dim_args})
-        sig.update({s: "i32" for s in self.scalars})
-        sig.update({c: "constexpr" for c in self.launch.constexprs})
-        return sig
+        return {(n.loc.file, n.loc.line, n.loc.source_line.strip())
+                for n in (g.nodes[i] for i in self.kernel.nodes) if n.loc.line}
 
 
 @dataclass
 class Module:
     source: str
-    kernels: list[KernelCode]
+    kernels: list[KernelCode]       # distinct kernels, in order of first launch
+    launches: list[LaunchSite]      # every launch site, in launcher order
     plan: Plan
     symbols: list[str]
 
@@ -71,7 +118,8 @@ class Module:
 @dataclass
 class _State:
     precision: str
-    kernels: list[KernelCode] = field(default_factory=list)
+    kernels: dict[tuple[str, ...], KernelCode] = field(default_factory=dict)
+    launches: list[LaunchSite] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
     sites: list[Site] = field(default_factory=list)   # checked indices (checks.py)
 
@@ -82,10 +130,11 @@ def emit_triton(g: Graph, fused: bool = True, precision: str = "ieee",
     plan = fuse(g, enabled=fused)
     state = _State(precision, symbols=_all_symbols(g))
     body = _launcher(plan, state)
-    kernels = "\n\n".join(k.source for k in state.kernels)
+    codes = list(state.kernels.values())
+    kernels = "\n\n".join(k.source for k in codes)
     header = _header(g, title, state)
     source = f"{header}\n{PRELUDE}\n\n{kernels}\n\n\n{body}\n"
-    return Module(source, state.kernels, plan, sorted(state.symbols))
+    return Module(source, codes, state.launches, plan, sorted(state.symbols))
 
 
 def _all_symbols(g: Graph) -> set[str]:
@@ -101,7 +150,9 @@ def _all_symbols(g: Graph) -> set[str]:
 
 
 def _header(g: Graph, title: str, state: _State) -> str:
-    lines = [f'"""Generated by ember: {title or g.name}, {len(state.kernels)} kernels.', "",
+    count = (f"{len(state.kernels)} distinct kernels launched from "
+             f"{len(state.launches)} sites")
+    lines = [f'"""Generated by ember: {title or g.name}, {count}.', "",
              "Do not edit: regenerate with `ember compile MODEL --emit triton -o DIR`.", '"""',
              "", "import torch", "import triton", "import triton.language as tl", "",
              "from ember.codegen import blocks", "from ember.runtime.rand import stream_seed"]
@@ -112,32 +163,69 @@ def _header(g: Graph, title: str, state: _State) -> str:
 
 # ---- kernels ----------------------------------------------------------------------------
 
+class ArgNames(Mapping[int, str]):
+    """The kernel's names for the launcher's buffers: `out<k>` for its k-th
+    output, `in<k>` for the others in the order it first reads them. Kernels
+    that differ only in the buffers they are given then read the same."""
+
+    def __init__(self, launcher: dict[int, str], outputs: list[int]) -> None:
+        self.launcher = launcher
+        self.given = {o: f"out{k}" for k, o in enumerate(outputs)}
+        self.inputs = 0
+
+    def __getitem__(self, i: int) -> str:
+        if i not in self.launcher:
+            raise KeyError(i)
+        if i not in self.given:
+            self.given[i], self.inputs = f"in{self.inputs}", self.inputs + 1
+        return self.given[i]
+
+    def __contains__(self, i: object) -> bool:
+        return i in self.launcher
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.launcher)
+
+    def __len__(self) -> int:
+        return len(self.launcher)
+
+
 def _write_kernel(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict[int, str],
-                  state: _State) -> KernelCode:
-    name = f"k{len(state.kernels)}_{kern.name}"
-    w = KernelWriter(plan, kern, names, state.precision, counters=counters, sites=state.sites)
+                  state: _State) -> LaunchSite:
+    """Write the kernel for one launch site; reuse an identical earlier kernel."""
+    args = ArgNames(names, kern.outputs)
+    w = KernelWriter(plan, kern, args, state.precision, counters=counters, sites=state.sites)
     launch = TEMPLATES[kern.kind](w)
-    text = "\n".join(w.lines)
+    code, comments = canon.split(w.lines)
+    new = canon.renames(code, w.scalars)
+    body = canon.rename(code, new)
+    text = "\n".join(body)
     dim_args = [dim_name(s) for s in sorted(state.symbols)
                 if re.search(rf"\b{re.escape(dim_name(s))}\b", text)]
-    args = list(w.pointers) + list(w.extras) + dim_args + list(w.scalars)
-    params = args + [f"{c}: tl.constexpr" for c in launch.constexprs]
-    signature = wrap_call(f"def {name}(", params, "):", "")
-    source = f"{_kernel_comment(plan, kern, name)}\n@triton.jit\n{signature}\n{text}\n"
-    code = KernelCode(name, kern, plan, source, dict(w.pointers), dim_args, dict(w.scalars),
-                      launch, dict(w.extras))
-    state.kernels.append(code)
-    return code
+    scalars = {new[s]: expr for s, expr in w.scalars.items()}
+    types = _types(plan.graph, w, dim_args, list(scalars), launch)
+    key = (text, repr(types), repr(launch))
+    if key not in state.kernels:
+        params = [a for a, t in types.items() if t != "constexpr"] + [
+            f"{c}: tl.constexpr" for c in launch.constexprs]
+        state.kernels[key] = KernelCode(f"k{len(state.kernels)}_{kern.name}", kern.kind, params,
+                                        body, launch, types)
+    extras = dict(w.extras)   # buffers of the launcher's own (checks.py)
+    site = LaunchSite(state.kernels[key], kern, plan, dict(w.pointers), scalars, extras,
+                      comments)
+    site.code.sites.append(site)
+    state.launches.append(site)
+    return site
 
 
-def _kernel_comment(plan: Plan, kern: Kernel, name: str) -> str:
-    g = plan.graph
-    ops = ", ".join(f"%{i} {g.nodes[i].op.value}" for i in sorted(kern.nodes))
-    lines = [f"# {name}: {ops}"]
-    for src in sorted({(g.nodes[i].loc.file, g.nodes[i].loc.line, g.nodes[i].loc.source_line)
-                       for i in kern.nodes if g.nodes[i].loc.line}):
-        lines.append(f"#   {src[0].rsplit('/', 1)[-1]}:{src[1]}: {src[2].strip()}")
-    return "\n".join(lines)
+def _types(g: Graph, w: KernelWriter, dim_args: list[str], scalars: list[str],
+           launch: Launch) -> dict[str, str]:
+    """The kernel's arguments, in order, with their ahead-of-time types."""
+    types = {p: PTR_DTYPE[g.nodes[i].tensor.dtype] for p, i in w.pointers.items()}
+    types.update({p: PTR_DTYPE[dtype] for p, (_, _, dtype) in w.extras.items()})
+    types.update({d: "i32" for d in dim_args + scalars})
+    types.update({c: "constexpr" for c in launch.constexprs})
+    return types
 
 
 # ---- the launcher ----------------------------------------------------------------------
@@ -214,26 +302,40 @@ def _alias_outputs(g: Graph, names: dict[int, str]) -> None:
 
 def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict[int, str],
                  state: _State, pad: str) -> Step:
-    code = _write_kernel(plan, kern, names, counters, state)
-    g = plan.graph
-    lines = []
+    site = _write_kernel(plan, kern, names, counters, state)
+    code, g = site.code, plan.graph
+    ops = [f"%{i} {g.nodes[i].op.value}" for i in sorted(kern.nodes)]
+    lines = [f"{pad}# {part}" for part in _packed(ops, 98 - len(pad))]
     buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)
                for o in kern.outputs] + [
-        e for e in code.extras.values() if not e[0].startswith(BOUNDS)]
+        e for e in site.extras.values() if not e[0].startswith(BOUNDS)]
     for var, shape, dtype in buffers:
         dims_text = ", ".join(dim_text(d) for d in shape) + ("," if len(shape) == 1 else "")
         lines.append(f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
     consts = code.launch.constexprs
     lines.append(f"{pad}{', '.join(consts)} = {', '.join(consts.values())}")
     grid = ", ".join(code.launch.grid) + ("," if len(code.launch.grid) == 1 else "")
-    args = [names[i] for i in code.pointers.values()] + [
-        var for var, _, _ in code.extras.values()] + code.dim_args + list(
-        code.scalars.values()) + [f"{c}={c}" for c in consts]
+    bound = {**{p: names[i] for p, i in site.pointers.items()},
+             **{p: var for p, (var, _, _) in site.extras.items()}, **site.scalars}
+    args = [bound.get(p, p) for p, t in code.types.items() if t != "constexpr"]
+    args += [f"{c}={c}" for c in consts]
     if code.launch.num_warps != "4":
         args.append(f"num_warps={code.launch.num_warps}")
     lines.append(wrap_call(f"{pad}{code.name}[({grid})](", args, ")", pad))
-    reads = {names[i] for i in code.pointers.values()} - {names[o] for o in kern.outputs}
+    reads = {names[i] for i in site.pointers.values()} - {names[o] for o in kern.outputs}
     return lines, reads, {names[o] for o in kern.outputs}
+
+
+def _packed(items: list[str], width: int) -> list[str]:
+    """Comma-separated items on as few lines of at most `width` as fit them."""
+    lines = [items[0]]
+    for item in items[1:]:
+        if len(lines[-1]) + len(item) + 2 > width:
+            lines[-1] += ","
+            lines.append(item)
+        else:
+            lines[-1] += ", " + item
+    return lines
 
 
 def wrap_call(head: str, args: list[str], tail: str, pad: str, width: int = 100) -> str:

@@ -1,11 +1,13 @@
 """What the generated kernels do, for people and for machines.
 
-`describe` is `--emit kernels`: each kernel with its IR ops and DSL lines, then
+`describe` is `--emit kernels`: each distinct kernel with its grid and tiles
+and every site that launches it (IR nodes, DSL lines, enclosing loops), then
 every producer/consumer pair the fusion pass kept apart, with its reason.
-`report` is `--emit report --json`: per kernel the ops, source lines, global
-memory bytes (each buffer a kernel reads or writes counted once: compulsory
-traffic at the given dims) and flops, plus totals. Kernels inside a loop body
-run once per step; `launches` says how many times.
+`report` is `--emit report --json`: per launch site (`launches`) and per
+distinct kernel (`kernels`) the ops, source lines, global memory bytes of one
+launch (each buffer it reads or writes counted once: compulsory traffic at the
+given dims) and flops, plus totals. A site inside a loop body launches once
+per step; its `launches` says how many times.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from ember.ir.loc import DSLError
 from ember.ir.ops import ATTENTION_OPS, ELEMENTWISE, REDUCE, Op
 from ember.passes.fuse import Plan
 
-from .module import KernelCode, Module
+from .module import KernelCode, LaunchSite, Module
 
 
 def describe(mod: Module) -> str:
+    """`--emit kernels`: each distinct kernel, its launch, and every site that
+    launches it with that site's IR nodes and DSL lines."""
     lines = []
     for code in mod.kernels:
-        g = code.plan.graph
-        ops = " ".join(f"%{i}:{g.nodes[i].op.value}" for i in sorted(code.kernel.nodes))
-        lines.append(f"{code.name} [{code.kernel.kind}] {ops}")
-        lines.append(f"    {_schedule(mod, code)}")
-        for loc in source_lines(code):
-            lines.append(f"    {loc}")
+        n = len(code.sites)
+        lines.append(f"{code.name} [{code.kind}], {n} launch site{'s' if n > 1 else ''}")
+        lines.append(f"    {_schedule(code)}")
+        for site in code.sites:
+            lines.append(f"    {_site(mod, site)}")
+            lines += [f"        {loc}" for loc in source_lines(site)]
+    lines += ["", f"{len(mod.launches)} launch sites of {len(mod.kernels)} distinct kernels"]
     unfused = _unfused(mod.plan)
     if unfused:
         lines.append("")
@@ -40,13 +45,20 @@ def describe(mod: Module) -> str:
     return "\n".join(lines)
 
 
-def _schedule(mod: Module, code: KernelCode) -> str:
-    """Where and how the kernel runs: its grid, its tiles, and the loop it is in."""
+def _schedule(code: KernelCode) -> str:
+    """How the kernel runs: its grid and its tiles."""
     grid = " x ".join(code.launch.grid)
     tiles = ", ".join(f"{k}={v}" for k, v in code.launch.constexprs.items())
+    return f"grid {grid}; {tiles}"
+
+
+def _site(mod: Module, site: LaunchSite) -> str:
+    """The IR nodes one launch computes, and the loops it runs in."""
+    g = site.plan.graph
+    ops = " ".join(f"%{i}:{g.nodes[i].op.value}" for i in sorted(site.kernel.nodes))
     where = "".join(f"; once per step of loop %{n} (range({length}))"
-                    for n, length in _enclosing_loops(mod.plan, code.plan) or [])
-    return f"grid {grid}; {tiles}{where}"
+                    for n, length in _enclosing_loops(mod.plan, site.plan) or [])
+    return ops + where
 
 
 def _enclosing_loops(plan: Plan, target: Plan) -> list[tuple[int, dims.Dim]] | None:
@@ -70,26 +82,45 @@ def _unfused(plan: Plan, where: str = "") -> list[str]:
     return out
 
 
-def source_lines(code: KernelCode) -> list[str]:
-    g = code.plan.graph
-    locs = sorted({(n.loc.file, n.loc.line, n.loc.source_line.strip())
-                   for n in (g.nodes[i] for i in code.kernel.nodes) if n.loc.line})
-    return [f"{f}:{line}: {text}" for f, line, text in locs]
+def source_lines(site: LaunchSite) -> list[str]:
+    return [f"{f}:{line}: {text}" for f, line, text in sorted(site.locs())]
 
 
 def report(mod: Module, env: Mapping[str, int]) -> dict[str, Any]:
-    kernels = [_kernel_report(code, env, _launches(mod, code, env)) for code in mod.kernels]
-    total = {"kernels": len(kernels),
-             "launches": sum(k["launches"] for k in kernels),
-             "bytes": sum(k["bytes"] * k["launches"] for k in kernels),
-             "flops": sum(k["flops"] * k["launches"] for k in kernels)}
-    return {"kernels": kernels, "total": total}
+    """`--emit report --json`: per launch site and per distinct kernel, with totals."""
+    sites = [_site_report(mod, site, env) for site in mod.launches]
+    kernels = [_kernel_report(code, [s for s, site in zip(sites, mod.launches)
+                                     if site.code is code]) for code in mod.kernels]
+    total = {"kernels": len(kernels), "launch_sites": len(sites),
+             "launches": sum(s["launches"] for s in sites),
+             "bytes": sum(s["bytes"] * s["launches"] for s in sites),
+             "flops": sum(s["flops"] * s["launches"] for s in sites)}
+    return {"kernels": kernels, "launches": sites, "total": total}
 
 
-def _launches(mod: Module, code: KernelCode, env: Mapping[str, int]) -> int:
-    """How many times the launcher runs this kernel (loop bodies run per step)."""
-    loops = _enclosing_loops(mod.plan, code.plan) or []
-    return math.prod(_bind(length, env) for _, length in loops)
+def _kernel_report(code: KernelCode, sites: list[dict[str, Any]]) -> dict[str, Any]:
+    """A distinct kernel: what one launch moves and computes (the same at every
+    site, since the sites share its text), its sites and its launches."""
+    lines = sorted({line for s in sites for line in s["source_lines"]})
+    return {"name": code.name, "kind": code.kind, "ops": sites[0]["ops"],
+            "source_lines": lines, "bytes": sites[0]["bytes"], "flops": sites[0]["flops"],
+            "sites": len(sites), "launches": sum(s["launches"] for s in sites)}
+
+
+def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[str, Any]:
+    """One launch site; `launches` counts the steps of the loops it is in."""
+    g = site.plan.graph
+    moved = sum(_numel(g, i, env) * g.nodes[i].tensor.dtype.itemsize
+                for i in set(site.pointers.values()))
+    moved += sum(math.prod(_bind(d, env) for d in shape) * dtype.itemsize
+                 for _, shape, dtype in site.extras.values())
+    loops = _enclosing_loops(mod.plan, site.plan) or []
+    return {"name": site.code.name, "kind": site.kernel.kind,
+            "nodes": sorted(site.kernel.nodes),
+            "ops": [g.nodes[i].op.value for i in sorted(site.kernel.nodes)],
+            "source_lines": source_lines(site), "bytes": moved,
+            "flops": sum(_flops(g, i, env) for i in site.kernel.nodes),
+            "launches": math.prod(_bind(length, env) for _, length in loops)}
 
 
 def _bind(d: dims.Dim, env: Mapping[str, int]) -> int:
@@ -102,18 +133,6 @@ def _bind(d: dims.Dim, env: Mapping[str, int]) -> int:
 
 def _numel(g: Graph, i: int, env: Mapping[str, int]) -> int:
     return math.prod(_bind(d, env) for d in g.nodes[i].tensor.shape)
-
-
-def _kernel_report(code: KernelCode, env: Mapping[str, int], launches: int) -> dict[str, Any]:
-    g = code.plan.graph
-    moved = sum(_numel(g, i, env) * g.nodes[i].tensor.dtype.itemsize
-                for i in set(code.pointers.values()))
-    moved += sum(math.prod(_bind(d, env) for d in shape) * dtype.itemsize
-                 for _, shape, dtype in code.extras.values())
-    return {"name": code.name, "kind": code.kernel.kind,
-            "ops": [g.nodes[i].op.value for i in sorted(code.kernel.nodes)],
-            "source_lines": source_lines(code), "bytes": moved,
-            "flops": sum(_flops(g, i, env) for i in code.kernel.nodes), "launches": launches}
 
 
 def _flops(g: Graph, i: int, env: Mapping[str, int]) -> int:

@@ -1,10 +1,13 @@
 """`ember compile` stages past the IR: kernels, Triton source, reports, sm_90.
 
-    --emit kernels         kernel groups, their ops and DSL lines, unfused pairs
+    --emit kernels         distinct kernels, the sites launching each (ops, DSL
+                           lines), unfused pairs
     --emit triton [-o DIR] the generated module (kernels + launcher)
-    --emit report [--json] bytes and flops per kernel at --dims
-    --target sm_90         compile every kernel ahead of time; add registers,
-                           spills and shared memory; fail on spills or > 227 KiB
+    --emit report [--json] bytes and flops per distinct kernel at --dims, and
+                           launches and launch sites apart
+    --target sm_90         compile each distinct kernel once ahead of time; add
+                           registers, spills and shared memory; fail on spills
+                           or > 227 KiB
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ember.codegen import aot, blocks
 from ember.codegen.ix import dim_name
 from ember.codegen.module import KernelCode, Module, emit_triton
 from ember.codegen.report import describe, report
+from ember.codegen.saved import saved_activations
 from ember.ir.graph import Graph
 from ember.ir.loc import DSLError
 from ember.runtime.files import write_atomic
@@ -34,6 +38,10 @@ def compile_kernels(g: Graph, args: argparse.Namespace) -> int:
     resources = _aot(mod, args.dims) if args.target else None
     if args.emit == "report":
         rep = report(mod, args.dims)
+        if any(name.startswith("grad.") for name in g.output_names):
+            saved = saved_activations(mod.plan, args.dims)
+            rep["total"]["saved_activation_bytes"] = sum(saved.values())
+            rep["saved_activations"] = saved
         if resources:
             for k, r in zip(rep["kernels"], resources):
                 k.update(registers=r.registers, spills=r.spills, shared_bytes=r.shared_bytes)
@@ -54,7 +62,8 @@ def _emit_source(mod: Module, args: argparse.Namespace, g: Graph) -> None:
         raise DSLError(f"cannot write kernels to '{out}': {e.strerror or e}") from None
     path = out / f"{Path(args.model).stem}_{args.entry}.py"
     write_atomic(path, lambda f: f.write(mod.source.encode()), "kernels to")
-    print(f"wrote {len(mod.kernels)} kernels and the launcher to {path}")
+    print(f"wrote {len(mod.kernels)} distinct kernels ({len(mod.launches)} launch sites) "
+          f"and the launcher to {path}")
 
 
 def launch_constants(code: KernelCode, env: dict[str, int]) -> dict[str, int]:
@@ -100,14 +109,20 @@ def _verdict(resources: list[aot.KernelResources] | None) -> int:
 def _table(rep: dict[str, Any]) -> str:
     sm90 = bool(rep["kernels"]) and "registers" in rep["kernels"][0]
     extra = f" {'regs':>5} {'spills':>7} {'shared':>8}" if sm90 else ""
-    lines = [f"{'kernel':<34} {'launches':>8} {'bytes':>12} {'flops':>12}{extra}"]
+    lines = [f"{'kernel':<34} {'sites':>5} {'launches':>8} {'bytes':>12} {'flops':>12}{extra}"]
     for k in rep["kernels"]:
         more = (f" {k['registers']:>5} {k['spills']:>7} {k['shared_bytes']:>8}" if sm90 else "")
-        lines.append(f"{k['name']:<34} {k['launches']:>8} {k['bytes']:>12} {k['flops']:>12}"
-                     f"{more}")
+        lines.append(f"{k['name']:<34} {k['sites']:>5} {k['launches']:>8} {k['bytes']:>12} "
+                     f"{k['flops']:>12}{more}")
     t = rep["total"]
-    lines.append(f"{'total (' + str(t['kernels']) + ' kernels)':<34} {t['launches']:>8} "
-                 f"{t['bytes']:>12} {t['flops']:>12}")
+    lines.append(f"{'total':<34} {t['launch_sites']:>5} {t['launches']:>8} {t['bytes']:>12} "
+                 f"{t['flops']:>12}")
+    if "saved_activation_bytes" in t:
+        lines.append(f"saved activations (forward values the backward reads): "
+                     f"{t['saved_activation_bytes']} bytes in {len(rep['saved_activations'])} "
+                     f"tensors")
+    lines.append(f"{t['launches']} launches of {t['kernels']} distinct kernels from "
+                 f"{t['launch_sites']} sites (bytes, flops: per launch; total: all launches)")
     return "\n".join(lines)
 
 
