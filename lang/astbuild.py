@@ -15,6 +15,7 @@ from lark.tree import Meta
 
 from ..ir.loc import DSLError, Loc
 from . import ast
+from .values import MAX_INT_DIGITS
 
 # ------------------------------------------------------------------ locations
 
@@ -262,12 +263,17 @@ class AstBuilder(Transformer_NonRecursive):
     def number(self, meta: Meta, children: list) -> ast.Num:
         (tok,) = children
         text = str(tok)
-        if math.isinf(float(text)):  # float() reads any length; int() stops at 4300 digits
-            raise DSLError(f"the number {text[:12]}{'...' if len(text) > 12 else ''} is too "
-                           "large; numbers must fit in a float (about 1.8e308)", self._tok(tok))
-        value: int | float = float(text) if any(c in text for c in ".eE") else int(
-            text.lstrip("0") or "0")
-        return ast.Num(value, self._tok(tok))
+        shown = text[:12] + ("..." if len(text) > 12 else "")
+        if any(c in text for c in ".eE"):
+            if math.isinf(float(text)):
+                raise DSLError(f"the number {shown} is too large for a float (about 1.8e308)",
+                               self._tok(tok))
+            return ast.Num(float(text), self._tok(tok))
+        digits = text.lstrip("0") or "0"
+        if len(digits) > MAX_INT_DIGITS:
+            raise DSLError(f"the number {shown} has {len(digits)} digits; compile-time integers "
+                           f"are limited to {MAX_INT_DIGITS} digits", self._tok(tok))
+        return ast.Num(int(digits), self._tok(tok))
 
     def true(self, meta: Meta, children: list) -> ast.Bool:
         return ast.Bool(True, self._tok(children[0]))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import operator
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ember.ir.dtypes import DType
@@ -19,6 +19,7 @@ from ember.ir.ops import Op
 
 from . import ast
 from .values import (
+    MAX_INT_DIGITS,
     DimVal,
     Instance,
     Method,
@@ -27,7 +28,7 @@ from .values import (
     describe,
     dim_arith,
     dim_value,
-    fits_float,
+    int_too_large,
     show_number,
 )
 
@@ -41,22 +42,30 @@ PY_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
     "!=": operator.ne}
 
 
-# Nesting that recurses (calls, indexing, tuples; operator chains do not), counted
-# across the functions a call lowers, bounded well inside Python's stack.
+# Nesting that recurses (calls, indexing, tuples and loop bodies; operator chains
+# do not), counted across the functions a call lowers, bounded well inside
+# Python's stack (a few frames per level).
 MAX_NESTING = 100
+
+
+@contextmanager
+def deeper(em: Any, loc: Loc) -> Iterator[None]:
+    """One more level of recursion in the lowering, or a located error."""
+    ctx = em.ctx
+    if ctx.nesting >= MAX_NESTING:
+        raise DSLError(f"nested too deeply: more than {MAX_NESTING} levels of calls, brackets "
+                       "and loops, counting calls into user functions", loc)
+    ctx.nesting += 1
+    try:
+        yield
+    finally:
+        ctx.nesting -= 1
 
 
 def eval_expr(em: Any, e: ast.Expr) -> Any:
     """The compile-time value of an expression, emitting IR for tensor parts."""
-    ctx = em.ctx
-    if ctx.nesting >= MAX_NESTING:
-        raise DSLError(f"expression is nested too deeply (more than {MAX_NESTING} levels of "
-                       "calls and brackets); split it with 'let'", e.loc)
-    ctx.nesting += 1
-    try:
+    with deeper(em, e.loc):
         return _RULES[type(e)](em, e)
-    finally:
-        ctx.nesting -= 1
 
 
 def _num(em: Any, e: ast.Num) -> Any:
@@ -130,15 +139,12 @@ def binary(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
 
 
 def _number_binop(op: str, a: int | float, b: int | float, loc: Loc) -> int | float:
-    """Fold arithmetic on compile-time numbers. Results stay real and within a
-    float's range; an integer power is sized before it is computed, so
-    `9 ** 9 ** 9` fails at once instead of running for hours."""
+    """Fold arithmetic on compile-time numbers. Results stay real, floats finite
+    and ints within MAX_INT_DIGITS; an integer power is sized before it is
+    computed, so `9 ** 9 ** 9` fails at once instead of running for hours."""
     text = f"{_operand(a)} {op} {_operand(b)}"
     if op == "**" and isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
-        digits = b * math.log10(abs(a))
-        if digits > sys.float_info.max_10_exp:
-            raise DSLError(f"{text} is too large (about {digits:.3g} digits); numbers must "
-                           f"fit in a float (about 1.8e308)", loc)
+        _check_digits(text, b * math.log10(abs(a)), loc)
     try:
         out = PY_BINOPS[op](a, b)
     except ZeroDivisionError:
@@ -147,9 +153,17 @@ def _number_binop(op: str, a: int | float, b: int | float, loc: Loc) -> int | fl
         raise DSLError(f"{text} overflows a float (about 1.8e308)", loc) from None
     if isinstance(out, complex):
         raise DSLError(f"{text} is not a real number", loc)
-    if not fits_float(out) or (math.isinf(out) and math.isfinite(a) and math.isfinite(b)):
+    if int_too_large(out):
+        _check_digits(text, math.log10(abs(out)), loc)
+    if isinstance(out, float) and math.isinf(out) and math.isfinite(a) and math.isfinite(b):
         raise DSLError(f"{text} overflows a float (about 1.8e308)", loc)
     return out
+
+
+def _check_digits(text: str, digits: float, loc: Loc) -> None:
+    if digits >= MAX_INT_DIGITS:
+        raise DSLError(f"{text} is too large (about {digits:.3g} digits); compile-time "
+                       f"integers are limited to {MAX_INT_DIGITS} digits", loc)
 
 
 def _operand(v: int | float) -> str:

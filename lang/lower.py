@@ -22,10 +22,11 @@ from ember.ir.ops import Op
 
 from . import ast
 from .emitter import MISSING, Emitter, Options
-from .exprs import eval_expr, tensor_results
+from .exprs import deeper, eval_expr, tensor_results
 from .values import Instance, Method, Tensor, as_dim, describe, dim_value
 
 SCALAR_TYPES = {"int": int, "float": float}
+MAX_LAYER_DEPTH = 100
 
 
 @dataclass
@@ -115,6 +116,8 @@ def instantiate(ctx: Context, layer: ast.LayerDef, path: str, args: tuple[ast.Ex
     if layer.name in ctx.building:
         chain = " -> ".join([*ctx.building[ctx.building.index(layer.name):], layer.name])
         raise DSLError(f"layer '{layer.name}' contains itself ({chain})", loc)
+    if len(ctx.building) >= MAX_LAYER_DEPTH:  # instantiation recurses once per level
+        raise DSLError(f"layers are nested too deeply (more than {MAX_LAYER_DEPTH} levels)", loc)
     ctx.building.append(layer.name)
     try:
         return _instantiate(ctx, layer, path, args, kwargs, loc, caller)
@@ -345,6 +348,7 @@ def run_stmt(em: Emitter, stmt: ast.Stmt) -> None:
     if isinstance(stmt, ast.Let):
         run_let(em, stmt)
     elif isinstance(stmt, ast.For):
-        run_for(em, stmt)
+        with deeper(em, stmt.loc):
+            run_for(em, stmt)
     else:
         raise DSLError("'return' is only allowed as the last statement of a function", stmt.loc)

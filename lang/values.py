@@ -8,7 +8,6 @@ instance or an array of them, a function, or a tuple of these.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,9 +85,14 @@ def show_number(v: int | float) -> str:
     return str(v)
 
 
-def fits_float(v: int | float) -> bool:
-    """Is a compile-time number within a float's range (inf and nan are floats too)?"""
-    return isinstance(v, float) or abs(v) <= sys.float_info.max
+# Compile-time ints are exact, as in Python, up to this many digits: far beyond
+# every dtype, yet cheap to compute with and to print in a message.
+MAX_INT_DIGITS = 1000
+_INT_LIMIT = 10**MAX_INT_DIGITS
+
+
+def int_too_large(v: int | float) -> bool:
+    return isinstance(v, int) and abs(v) >= _INT_LIMIT
 
 
 def describe(v: Any) -> str:
