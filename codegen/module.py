@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ember.ir import dims
 from ember.ir.dims import Shape
 from ember.ir.dtypes import DType
-from ember.ir.graph import Graph
+from ember.ir.graph import Graph, walk_nodes
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
@@ -100,10 +100,12 @@ class LaunchSite:
     comments: list[str]             # this site's comment on each line of code.body
 
     def locs(self) -> set[tuple[str, int, str]]:
-        """(file, line, source text) of the DSL lines this site computes."""
+        """(file, line, source text) of the DSL lines this site computes (an
+        attention kernel's include those of its score region)."""
         g = self.plan.graph
-        return {(n.loc.file, n.loc.line, n.loc.source_line.strip())
-                for n in (g.nodes[i] for i in self.kernel.nodes) if n.loc.line}
+        nodes = [g.nodes[i] for i in self.kernel.nodes]
+        nodes += [m for n in nodes if "body" in n.attrs for m in walk_nodes(n.attrs["body"])]
+        return {(n.loc.file, n.loc.line, n.loc.source_line.strip()) for n in nodes if n.loc.line}
 
 
 @dataclass
