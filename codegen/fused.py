@@ -1,11 +1,14 @@
-"""Templates for the pattern kernels: flash attention and gated GEMMs (LSTM).
+"""Templates for the attention op (flash attention) and the gates pattern (LSTM).
 
 attention: one program owns BLOCK_M query rows of one (batch, head); keys and
   values stream through in BLOCK_N tiles with an online softmax in fp32
   (running max m_i, running sum l_i, rescaled accumulator), so the T x T
-  scores live only in registers. Causal masks skip key tiles past the block's
-  last row. The natural-log log-sum-exp of each row is stored for a backward
-  pass. The head dim is padded to a power of two and masked.
+  scores live only in registers. The op's score region (scale, masks, bias) is
+  written into the key loop by a KernelWriter over the region graph
+  (ScoreRegion, shared with the backward kernels of codegen/flash_bwd.py).
+  Causal masks skip key tiles past the block's last row. The natural-log
+  log-sum-exp of each row, the op's second result, is stored where a node
+  reads it (the backward). The head dim is padded to a power of two and masked.
 gates: one program owns a [BLOCK_M, BLOCK_N] tile of every slice (gate); each
   K step loads an input tile once and multiplies it into one accumulator per
   gate; the slices' readers (the cell update) run as the epilogue.
