@@ -170,7 +170,7 @@ def _window(src: str, col: int, end: int, width: int = 160) -> tuple[str, int, i
     """(text, col, end_col) of at most `width` characters of src around the span
     [col, end) (1-based), escaped; the columns follow the escapes."""
     def esc(t: str) -> str:
-        return printable(t.replace("\t", " "), len(t) * 4)
+        return printable(t.replace("\t", " "), None)
     head, span, tail = esc(src[:col - 1]), esc(src[col - 1:end - 1]), esc(src[end - 1:])
     text, col, end = head + span + tail, len(head) + 1, len(head) + len(span) + 1
     if len(text) <= width:

@@ -94,10 +94,10 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
-def printable(text: str, limit: int = 200) -> str:
+def printable(text: str, limit: int | None = 200) -> str:
     """`text` safe to echo in a message: control characters as escapes (a file
     name or a value from the command line may hold any), cut to `limit`."""
     out = "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
-    if len(out) > limit:
+    if limit is not None and len(out) > limit:
         out = f"{out[:limit]}... ({len(out) - limit} more characters)"
     return out
