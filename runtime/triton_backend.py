@@ -31,6 +31,7 @@ from ember.ir.loc import DSLError
 from ember.ir.printer import print_graph
 
 from .cache import CodeCache
+from .files import printable
 from .oracle import bind_input
 from .pool import Pool
 
@@ -164,7 +165,7 @@ def _store(cache: CodeCache, key: str, files: dict[str, str]) -> Path:
     except OSError as e:
         if str(cache.root) not in _WARNED:
             _WARNED.add(str(cache.root))
-            print(f"ember: warning: cannot use the kernel cache '{cache.root}' "
+            print(f"ember: warning: cannot use the kernel cache '{printable(str(cache.root))}' "
                   f"({e.strerror or e}); compiling into a private temporary directory",
                   file=sys.stderr)
     try:
