@@ -377,13 +377,27 @@ def layer_norm(em: Any, loc: Loc, x: Any, weight: Any, bias: Any, eps: float = 1
 def _normalize(em: Any, x: Tensor, axes: tuple[int, ...], stats: tuple[Tensor, Tensor] | None,
                eps: float, loc: Loc) -> Tensor:
     if stats is None:
-        mu = _reduce(em, Op.MEAN, x, axes, loc)
-        d = em.add(Op.SUB, (x, mu), {}, loc)
-        var = _reduce(em, Op.MEAN, em.add(Op.MUL, (d, d), {}, loc), axes, loc)
-    else:
-        mu, var = stats
-        d = em.add(Op.SUB, (x, mu), {}, loc)
+        return _normalize_rows(em, x, axes, eps, loc)
+    mu, var = stats
+    d = em.add(Op.SUB, (x, mu), {}, loc)
     inv = em.add(Op.RSQRT, (em.add(Op.ADD, (var, _fconst(em, x, eps, loc)), {}, loc),), {}, loc)
+    return em.add(Op.MUL, (d, inv), {}, loc)
+
+
+def _normalize_rows(em: Any, x: Tensor, axes: tuple[int, ...], eps: float, loc: Loc) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over `axes`, computed on y = x / m with
+    m = max(max |x|, 1) as (y - mean y) / sqrt(var y + eps / m^2): the same
+    value, but no square overflows (float32 rows near 1e30 would give var = inf
+    and silently return zeros). Rows within [-1, 1] have m = 1 and get the plain
+    formula bit for bit. m cancels out of the result, hence stop_grad."""
+    peak = _reduce(em, Op.MAX, em.add(Op.ABS, (x,), {}, loc), axes, loc)
+    m = em.add(Op.MAXIMUM, (peak, _fconst(em, x, 1.0, loc)), {}, loc)
+    m = em.add(Op.STOP_GRAD, (m,), {}, loc)
+    y = em.add(Op.DIV, (x, m), {}, loc)
+    d = em.add(Op.SUB, (y, _reduce(em, Op.MEAN, y, axes, loc)), {}, loc)
+    var = _reduce(em, Op.MEAN, em.add(Op.MUL, (d, d), {}, loc), axes, loc)
+    eps_m = em.add(Op.DIV, (_fconst(em, x, eps, loc), em.add(Op.MUL, (m, m), {}, loc)), {}, loc)
+    inv = em.add(Op.RSQRT, (em.add(Op.ADD, (var, eps_m), {}, loc),), {}, loc)
     return em.add(Op.MUL, (d, inv), {}, loc)
 
 
@@ -461,23 +475,30 @@ def embedding(em: Any, loc: Loc, table: Any, ids: Any) -> Tensor:
 
 @builtin
 def one_hot(em: Any, loc: Loc, labels: Any, n: int) -> Tensor:
+    return em.add(Op.CAST, (_hot(em, loc, labels, n),), {"dtype": em.float_dtype}, loc)
+
+
+def _hot(em: Any, loc: Loc, labels: Any, n: int) -> Tensor:
+    """labels.shape + [n] bools, true at each label's class."""
     y = _t(em, labels, loc)
     shape = em.type(y).shape
     classes = em.add(Op.IOTA, (), {"shape": (1,) * len(shape) + (_int(n, "n", loc),),
                                    "axis": len(shape), "dtype": em.type(y).dtype}, loc)
     col = em.add(Op.RESHAPE, (y,), {"shape": shape + (1,)}, loc)
-    hot = em.add(Op.EQ, (col, classes), {}, loc)
-    return em.add(Op.CAST, (hot,), {"dtype": em.float_dtype}, loc)
+    return em.add(Op.EQ, (col, classes), {}, loc)
 
 
 @builtin
 def cross_entropy(em: Any, loc: Loc, logits: Any, labels: Any) -> Tensor:
-    """Mean over all positions of -log softmax(logits)[label], classes on the last axis."""
+    """Mean over all positions of -log softmax(logits)[label], classes on the last axis.
+    The label's log-probability is selected with `where`, not multiplied by a
+    one-hot: a masked (-inf) class, or one whose shifted logit overflows to
+    -inf, would make -inf * 0 = NaN."""
     z = _t(em, logits, loc)
     t = em.type(z)
-    hot = one_hot(em, loc, labels, t.shape[-1])
-    picked = em.add(Op.SUM, (em.add(Op.MUL, (log_softmax(em, loc, z), hot), {}, loc),),
-                    {"axes": (t.rank - 1,), "keepdims": False}, loc)
+    mine = em.add(Op.WHERE, (_hot(em, loc, labels, t.shape[-1]), log_softmax(em, loc, z),
+                             _fconst(em, z, 0.0, loc)), {}, loc)
+    picked = em.add(Op.SUM, (mine,), {"axes": (t.rank - 1,), "keepdims": False}, loc)
     loss = em.add(Op.MEAN, (picked,), {"axes": tuple(range(t.rank - 1)), "keepdims": False}, loc)
     return em.add(Op.NEG, (loss,), {}, loc)
 

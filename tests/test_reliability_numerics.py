@@ -25,8 +25,9 @@ from test_triton_ops import (  # noqa: E402 - after the importorskip on purpose
     check,
     lstm_case,
     normal,
+    program,
 )
-from util import MODELS  # noqa: E402 - tests/util.py
+from util import MODELS, run_src  # noqa: E402 - tests/util.py
 
 from ember.backends import compare  # noqa: E402
 
@@ -141,3 +142,85 @@ def test_check_with_infinite_outputs_through_the_cli(tmp_path: Path) -> None:
     r = ember(tmp_path, "run", "m.ember", "--input", "x=x.npy", "--backend", "triton", "--check")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stdout.splitlines()[-1].startswith("check forward: max abs err 0,")
+
+
+# ---- cross_entropy and layer_norm at the edges of float32 -------------------------------
+
+F32_RTOL = 1e-5  # a few float32 roundings through exp, log and the mean (eps = 1.2e-7)
+CE = "cross_entropy(z, y)"
+CE_LOGITS = {
+    "masked": [[1.0, -INF, 2.0], [0.5, 0.1, -INF]],       # -inf masks a class
+    "near-max": [[3e38, -3e38, 1.0], [3e38, 3e38, 3e38]],  # shifted logits overflow to -inf
+    "all-large": [[3.4e38, 3.0e38, 0.0], [-3e38, -3.4e38, -3e38]],
+}
+LABELS = np.array([0, 1], np.int32)
+
+
+def torch_ce(z: np.ndarray) -> float:
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    return float(F.cross_entropy(torch.tensor(z, dtype=torch.float64), torch.tensor(LABELS).long()))
+
+
+@pytest.mark.parametrize("name", list(CE_LOGITS))
+@pytest.mark.parametrize("float64", [False, True], ids=["f32", "f64"])
+def test_cross_entropy_is_finite_where_torch_is(name: str, float64: bool) -> None:
+    z = np.array(CE_LOGITS[name], np.float64 if float64 else np.float32)
+    (loss,) = run_src(program(CE, {"z": z, "y": LABELS}), {"z": z, "y": LABELS}, float64=float64)
+    want = torch_ce(z)
+    assert np.isfinite(want)
+    np.testing.assert_allclose(loss, want, rtol=1e-12 if float64 else F32_RTOL)
+
+
+@pytest.mark.parametrize("name", list(CE_LOGITS))
+def test_cross_entropy_edges_in_the_kernels(name: str) -> None:
+    check(case(CE, z=lambda rng: np.array(CE_LOGITS[name]), y=lambda rng: LABELS,
+               id=f"cross_entropy({name})"))
+
+
+LN = "layer_norm(x, w, b)"
+HUGE_ROWS = np.array([[1e30, 2e30, 3e30, 4e30], [3e38, -3e38, 1e38, 0.0],
+                      [-1e35, 1e35, -1e35, 1e35], [1e-3, 2e-3, -1e-3, 0.0]], np.float32)
+
+
+def ln_reference(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """layer_norm in float64, exact enough to judge float32 results."""
+    x = x.astype(np.float64)
+    d = x - x.mean(-1, keepdims=True)
+    return d / np.sqrt((d * d).mean(-1, keepdims=True) + eps)
+
+
+def ln_inputs(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"x": x, "w": np.ones(4, x.dtype), "b": np.zeros(4, x.dtype)}
+
+
+def test_layer_norm_of_huge_float32_rows_is_right_not_zero() -> None:
+    (out,) = run_src(program(LN, ln_inputs(HUGE_ROWS)), ln_inputs(HUGE_ROWS), float64=False)
+    np.testing.assert_allclose(out, ln_reference(HUGE_ROWS), rtol=F32_RTOL, atol=F32_RTOL)
+
+
+def test_layer_norm_of_huge_rows_in_the_kernels() -> None:
+    check(case(LN, x=lambda rng: HUGE_ROWS, w=lambda rng: np.ones(4),
+               b=lambda rng: np.zeros(4), id="layer_norm(huge rows)"))
+
+
+def test_layer_norm_of_rows_within_one_is_the_plain_formula_bit_for_bit() -> None:
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 4)).astype(np.float32)
+    (out,) = run_src(program(LN, ln_inputs(x)), ln_inputs(x), float64=False)
+    d = x - x.mean(-1, keepdims=True)
+    plain = d * (1 / np.sqrt((d * d).mean(-1, keepdims=True) + np.float32(1e-5)))
+    np.testing.assert_array_equal(out, plain)
+
+
+def test_layer_norm_of_an_infinite_row_is_nan_not_a_finite_answer() -> None:
+    x = np.array([[INF, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]], np.float32)
+    (out,) = run_src(program(LN, ln_inputs(x)), ln_inputs(x), float64=False)
+    assert np.all(np.isnan(out[0])) and np.all(np.isfinite(out[1]))
+
+
+def test_gelu_at_extreme_inputs_by_design() -> None:
+    """docs/language.md lists this difference: torch's float32 gelu overflows to inf
+    at 3e38; Ember's halves x first and returns x."""
+    x = np.array([3e38, -3e38, 2e38, 10.0, -10.0], np.float32)
+    (out,) = run_src(program("gelu(x)", {"x": x}), {"x": x}, float64=False)
+    np.testing.assert_array_equal(out, x.clip(0, None))  # x, or 0 below -5.5
