@@ -43,6 +43,14 @@ def test_500_term_sum_compiles_and_runs() -> None:
     np.testing.assert_allclose(out, X * sum(range(500)), rtol=1e-12)
 
 
+@pytest.mark.xfail(raises=RecursionError, strict=True,
+                   reason="codegen/writer.py computes a fused kernel's values recursively "
+                          "(value -> _compute -> _elementwise), one level per op of a chain")
+def test_500_term_sum_generates_a_kernel() -> None:
+    from ember.codegen.module import emit_triton
+    emit_triton(compile_src(model(" + ".join(f"x * {k}.0" for k in range(500)))))
+
+
 def test_1000_nested_unary_minus_is_the_identity() -> None:
     (out,) = run_src(model("-" * 1000 + "(x * 2.0)"), {"x": X})
     np.testing.assert_array_equal(out, 2 * X)
