@@ -143,14 +143,23 @@ def _serve(conn: Any, stacks: Any) -> None:
 
 
 def _stuck_at(stacks: Any) -> str:
-    """The innermost Ember frame of a faulthandler dump (most recent call first)."""
+    """The pass a hang is stuck in: the two outermost Ember frames of the stacks
+    dumped before the limit (the innermost ones vary from one dump to the next)."""
     stacks.seek(0)
-    for line in stacks.read().splitlines():
+    dumps = stacks.read().split("(most recent call first):")[1:]
+    frames = _ember_frames(dumps[-1]) if dumps else []
+    return " > ".join(frames[:2]) or "outside ember"
+
+
+def _ember_frames(dump: str) -> list[str]:
+    """`file:function` of each Ember frame of one dump, outermost first."""
+    out = []
+    for line in dump.splitlines():
         line = line.strip()
         if line.startswith('File "') and line[6:].startswith(EMBER_DIRS):
             path, _, rest = line[6:].partition('", line ')
-            return f"{Path(path).name}:{rest.partition(' in ')[2]}"
-    return "outside ember"
+            out.append(f"{Path(path).name}:{rest.partition(' in ')[2]}")
+    return out[::-1]
 
 
 class Worker:
