@@ -35,10 +35,12 @@ from ember import api  # noqa: E402 - after the importorskips on purpose
 from ember.backends import tolerance  # noqa: E402
 from ember.codegen import aot  # noqa: E402
 from ember.codegen.module import KernelCode, emit_triton  # noqa: E402
+from ember.ir.graph import Graph  # noqa: E402
 from ember.ir.shapes import window_out  # noqa: E402
 from ember.kernel_cmds import aot_job, launch_constants  # noqa: E402
 from ember.lang.emitter import Options  # noqa: E402
 from ember.lang.parser import parse  # noqa: E402
+from ember.passes.fuse import fuse  # noqa: E402
 from ember.runtime.pool import GuardedPool  # noqa: E402
 from ember.runtime.triton_backend import TritonProgram  # noqa: E402
 
@@ -98,8 +100,9 @@ POOL_CASES = [
     ]
 ] + [
     pool("max_pool2d", (2, 2, 6, 5), 3, 2, 1, values="nan", bind=False),
-    pool("max_pool2d", (2, 3, 6, 6), 2, 2, 0, pre="relu(x)", f64=True),  # relu mask fused
+    pool("max_pool2d", (2, 3, 6, 6), 2, 2, 0, pre="relu(x)", f64=True),  # RELU_MASK
 ]
+RELU_MASK = POOL_CASES[-1]
 
 
 def source(case: Case) -> str:
@@ -126,11 +129,17 @@ def inputs(case: Case) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     return {"x": x.astype(dtype), "r": r.astype(dtype)}, params
 
 
+def joint_graph(case: Case) -> Graph:
+    """The loss and its gradients for w and x."""
+    dims = {"B": case.x[0]} if case.bind else None
+    return api.compile_program(parse(source(case), "case.ember"), "loss",
+                               options=Options(False, case.f64), dims=dims, grad=True,
+                               grad_inputs=["x"])
+
+
 def check(case: Case) -> None:
     src = source(case)
-    dims = {"B": case.x[0]} if case.bind else None
-    g = api.compile_program(parse(src, "case.ember"), "loss", options=Options(False, case.f64),
-                            dims=dims, grad=True, grad_inputs=["x"])
+    g = joint_graph(case)
     ins, params = inputs(case)
     want = api.run(g, ins, params, 0)
     pool_ = GuardedPool()
@@ -151,6 +160,13 @@ def test_conv2d_backward_matches_oracle(case: Case) -> None:
                          ids=lambda c: f"{c.call}{list(c.x)}-{c.values}-bind{c.bind}")
 def test_pool_backward_matches_oracle(case: Case) -> None:
     check(case)
+
+
+def test_relu_mask_is_an_epilogue_of_the_pool_grad_kernel() -> None:
+    """dx of relu(x) -> max_pool2d: one kernel routes dy and applies the mask."""
+    g = joint_graph(RELU_MASK)
+    (kern,) = [k for k in fuse(g).kernels if k.kind == "pool_grad"]
+    assert sorted(g.nodes[i].op.value for i in kern.nodes) == ["max_pool2d_grad", "where"]
 
 
 # ---- every backward kernel of every model compiles for sm_90 --------------------------------
