@@ -66,9 +66,9 @@ def _initializer(scope: Any, pdef: ast.ParamDef, dtype: DType) -> tuple[Any, ...
     if not lo <= len(args) <= hi or any(not isinstance(a, (int, float)) for a in args):
         raise DSLError(f"initializer '{name_node.id}' takes {lo} to {hi} numbers, "
                        f"found {len(args)} arguments", init.loc)
-    spec = (name_node.id, *(float(a) for a in args))
-    problem = check_args(spec[0], spec[1:], dtype.np)
+    numbers = tuple(float(a) for a in args)
+    problem = check_args(name_node.id, numbers, dtype.np)
     if problem:
         raise DSLError(f"initializer '{name_node.id}' of parameter '{pdef.name}': {problem}",
                        init.loc)
-    return spec
+    return (name_node.id, *numbers)
