@@ -65,7 +65,6 @@ class Case:
     kinds: Mapping[str, str | int] = field(default_factory=dict)
     env: Mapping[str, int] = field(default_factory=lambda: ENV)
     step: float = STEP
-    train: bool = False
 
 
 def with_loss(g: Graph) -> Graph:
@@ -181,9 +180,13 @@ def check(case: Case, seed: int = 0, fd: bool = True) -> dict[str, np.ndarray]:
 
 # ---- cases --------------------------------------------------------------------------
 
-def dsl(sig: str, ret: str, expr: str, pre: str = "", train: bool = False) -> Callable[[], Graph]:
+def dsl(sig: str, ret: str, expr: str, pre: str = "") -> Callable[[], Graph]:
     """A graph from `def forward(sig) -> ret { pre; return expr }` (float64)."""
-    src = f"model M {{\n  def forward({sig}) -> {ret} {{\n{pre}    return {expr}\n  }}\n}}\n"
+    return model(f"model M {{\n  def forward({sig}) -> {ret} {{\n"
+                 f"{pre}    return {expr}\n  }}\n}}\n")
+
+
+def model(src: str, train: bool = False) -> Callable[[], Graph]:
     return lambda: compile_src(src, train=train)
 
 
@@ -403,10 +406,6 @@ def test_scan_with_carries_xs_ys(reverse: bool, length: int) -> None:
 @pytest.mark.parametrize("results", [(2,), (3, 1), (0,)], ids=["ys", "c_and_ys", "h"])
 def test_scan_with_some_results_unused(results: tuple[int, ...]) -> None:
     check(Case(lambda: scan(True, results), env={"T": 3}))
-
-
-def model(src: str, train: bool = False) -> Callable[[], Graph]:
-    return lambda: compile_src(src, train=train)
 
 
 RNN = """
