@@ -3,7 +3,7 @@
 The twins are the independent torch models of tests/test_models_vs_torch.py,
 loaded strictly from Ember's parameters; `loss.backward()` gives the reference.
 Gradients are compared per parameter, as max |ours - torch| over the largest
-|torch| (rel_err):
+|torch|:
 
 * float64 on the NumPy oracle: < 1e-9, at two sizes from one compiled graph.
   (Relative to at least 1e-4 of the model's largest gradient: see FLOOR.)
@@ -165,7 +165,7 @@ def test_train_grads_match_torch(model: str, backend: str, float64: bool) -> Non
     """Dropout's mask (recomputed in the backward, never stored) and batch
     statistics."""
     dtype = np.float64 if float64 else np.float32
-    params = {k: v for k, v in state(model, float64, seed=7).items()}
+    params = state(model, float64, seed=7)
     inputs = make_inputs(model, np.random.default_rng(8), 2, 3, dtype)
     seed = 11
     keep = _mlp_keep(seed, 2) if model == "mlp" else None
