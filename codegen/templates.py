@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ember.ir import dims
-from ember.ir.dims import Shape
+from ember.ir.dims import Dim, Shape
 from ember.ir.dtypes import DType
 from ember.ir.ops import REDUCE, Op
 
@@ -379,6 +379,9 @@ def matmul(w: KernelWriter) -> Launch:
         # (a tensor, not the scalar `pid_n == 0`: the interpreter rejects a
         # scalar operand of `&` in a mask)
         w.line("stores_a = (tl.zeros((BLOCK_M, 1), dtype=tl.int32) + pid_n) == 0")
+    if "colsum" in w.kernel.info:
+        w.line(f"colsum = tl.zeros((1, BLOCK_N), dtype={acc_t})")
+        w.line("stores_colsum = (tl.zeros((1, BLOCK_N), dtype=tl.int32) + pid_m) == 0")
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     w.line(f"for k0 in range(0, {dim_text(K)}, BLOCK_K):")
     w.push()
@@ -394,14 +397,41 @@ def matmul(w: KernelWriter) -> Launch:
         w.extra_mask = ""
     vb = operand(w, b, tile_b, {"kb", "n"})
     w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, m)})", m)
+    colsum = w.kernel.info.get("colsum")
+    if colsum is not None:
+        w.line(f"colsum += tl.sum({vb.text}, axis=0, keep_dims=True)", colsum)
     w.pop()
     out_idx = bidx + (mi, rn)
     w.remember(m, out_idx, Ix("acc", frozenset({"m", "n"})))
-    store_outputs(w, {o: out_idx for o in w.kernel.outputs if o != a})
+    if colsum is not None:  # the first row of programs stores the column sums
+        w.extra_mask = "stores_colsum"
+        w.store(colsum, (rn,), Ix("colsum", frozenset("n")))
+        w.extra_mask = ""
+    per_row = _row_reductions(w, out_idx, N)
+    store_outputs(w, {o: per_row.get(w.shape(o), out_idx) for o in w.kernel.outputs
+                      if o not in (a, colsum)})
     R, Nt, Kt = dim_text(rows), dim_text(N), dim_text(K)
     return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({Nt}, BLOCK_N)", nb],
                   {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({Nt})",
                    "BLOCK_K": f"blocks.tile_k({Kt})"})
+
+
+def _row_reductions(w: KernelWriter, out_idx: tuple[Ix, ...],
+                    N: Dim) -> dict[Shape, tuple[Ix, ...]]:
+    """Reductions over the output's rows, all in this program's tile (fusion
+    allows them only when a row fits one tile); returns the indices of the
+    per-row shapes."""
+    rows = [i for i in sorted(w.kernel.nodes) if w.g.nodes[i].op in REDUCE]
+    if not rows:
+        return {}
+    M = w.shape(w.kernel.anchor)[0]
+    w.line(f"mask = {w.mask_for(frozenset({'m', 'n'}))}")
+    mi = out_idx[0]
+    for i in rows:
+        red = _reduce_block(w, i, out_idx, dim_text(N))
+        at = (mi, ix.ZERO) if w.g.nodes[i].attrs["keepdims"] else (mi,)
+        w.remember(i, at, Ix(red.text, frozenset("m")))
+    return {(M, 1): (mi, ix.ZERO), (M,): (mi,)}
 
 
 def dot_precision(w: KernelWriter, m: int) -> str:

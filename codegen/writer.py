@@ -50,7 +50,8 @@ RESERVED = frozenset({
     "rn", "rq", "rd", "rdk", "rnk", "ka", "kb", "k0", "acc", "acc0", "acc1", "acc2", "acc3",
     "m_i", "l_i", "m_new", "m_safe", "m_fin", "l_safe", "alpha", "p", "scores", "qk", "out", "hi",
     "start", "inside", "ih", "iw", "oh", "ow", "batch", "ch", "group", "oc", "ca", "cb", "kha",
-    "kwa", "khb", "kwb", "i", "j", "tl", "triton", "stores_a", "id_bounds_ptr"})
+    "kwa", "khb", "kwb", "i", "j", "tl", "triton", "stores_a", "colsum", "stores_colsum",
+    "id_bounds_ptr"})
 
 
 @dataclass

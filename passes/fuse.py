@@ -115,27 +115,59 @@ def can_join(plan: Plan, k: int, i: int) -> str | None:
             return f"{n.op.value} reduces a different shape or axes"
         if n.op is Op.ARGMAX:
             return "argmax stays its own kernel"
-        full, axes = kern.space
-        keep = tuple(1 if a in axes else d for a, d in enumerate(full))
-        for s in n.srcs:
-            if (plan.home.get(s) == k and shape == full
-                    and g.nodes[s].tensor.shape not in (full, keep)):
-                return (f"{n.op.value} broadcasts a reduced value "
-                        f"{dims.fmt(g.nodes[s].tensor.shape)} along the reduced axes of "
-                        f"{dims.fmt(full)}")
+        why = _broadcasts_reduced(plan, k, i, kern.space)
+        if why:
+            return why
     elif n.op in REDUCE:
-        return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
+        if ((g.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"]) != row_space(g, kern)
+                or n.op is Op.ARGMAX):
+            return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
     elif kern.kind in ATTENTION_GRAD_KINDS:
         return f"the {kern.kind} kernel stores its gradients as they are"
-    elif shape != out_shape(g, kern):
+    elif shape != out_shape(g, kern) and not (
+            row_space(g, kern) and _in_reduce_space(shape, row_space(g, kern))):
         return (f"{n.op.value} {dims.fmt(shape)} does not match the {kern.kind} output "
                 f"{dims.fmt(out_shape(g, kern))}")
+    elif row_space(g, kern):
+        why = _broadcasts_reduced(plan, k, i, row_space(g, kern))
+        if why:
+            return why
     for s in n.srcs:
         if plan.home.get(s) != k and k in _reads(plan, s):
             return f"an operand reaches kernel {k} through a view or another kernel"
     if any(_depends_on(plan, d, k) for s in n.srcs for d in _reads(plan, s) if d != k):
         return "joining would make two kernels wait for each other"
     return None
+
+
+def _broadcasts_reduced(plan: Plan, k: int, i: int,
+                        space: tuple[Shape, tuple[int, ...]]) -> str | None:
+    """A per-row value read at full shape must keep its reduced axes as 1s."""
+    g, n = plan.graph, plan.graph.nodes[i]
+    full, axes = space
+    keep = tuple(1 if a in axes else d for a, d in enumerate(full))
+    for s in n.srcs:
+        if (plan.home.get(s) == k and n.tensor.shape == full
+                and g.nodes[s].tensor.shape not in (full, keep)):
+            return (f"{n.op.value} broadcasts a reduced value "
+                    f"{dims.fmt(g.nodes[s].tensor.shape)} along the reduced axes of "
+                    f"{dims.fmt(full)}")
+    return None
+
+
+# A matmul whose output rows fit in one tile (blocks.tile caps N at 64) can
+# reduce them in its epilogue: a classifier head's softmax and cross-entropy.
+ROW_TILE = 64
+
+
+def row_space(g: Graph, kern: Kernel) -> tuple[Shape, tuple[int, ...]] | None:
+    """(output shape, (1,)) for a rank-2 matmul kernel whose rows fit one tile."""
+    if kern.kind != "matmul":
+        return None
+    shape = out_shape(g, kern)
+    if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] > ROW_TILE:
+        return None
+    return shape, (1,)
 
 
 def out_shape(g: Graph, kern: Kernel) -> Shape:
@@ -227,8 +259,13 @@ def _join(plan: Plan, k: int, i: int) -> None:
 def _place_anchor(plan: Plan, i: int, enabled: bool) -> None:
     n = plan.graph.nodes[i]
     if n.op in REDUCE and enabled:
-        for k in _candidates(plan, i):
-            if plan.kernels[k].kind == "reduce" and can_join(plan, k, i) is None:
+        # a kernel computing an operand first; then any reduction kernel over
+        # the same rows (a backward's row sum beside the forward's softmax)
+        space = (plan.graph.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"])
+        same = [k for k, kern in enumerate(plan.kernels)
+                if space in (kern.space, row_space(plan.graph, kern))]
+        for k in _candidates(plan, i) + sorted(same, reverse=True):
+            if plan.kernels[k].kind in ("reduce", "matmul") and can_join(plan, k, i) is None:
                 _join(plan, k, i)
                 return
     _new_kernel(plan, KIND.get(n.op, "reduce"), i)
@@ -296,8 +333,9 @@ def _fold_into_matmuls(plan: Plan) -> None:
     operand A is computed in its K loop and stored by the first column of
     programs (a prologue); then a pointwise root of the matmul's output shape
     that reads one of its buffers, and neither needs nor feeds it, is computed
-    in its epilogue. (An LSTM's backward step becomes one kernel: the gate
-    gradients, the carried cell gradient and dgates @ W_hh^T.)"""
+    in its epilogue; and a column sum of its [K, N] operand (a bias gradient)
+    accumulates in its K loop. (An LSTM's backward step becomes one kernel:
+    the gate gradients, the carried cell gradient and dgates @ W_hh^T.)"""
     g = plan.graph
     for m, mk in enumerate(plan.kernels):
         a = g.nodes[mk.anchor].srcs[0] if mk.kind == "matmul" else -1
@@ -307,6 +345,11 @@ def _fold_into_matmuls(plan: Plan) -> None:
                                      if d != p):
             mk.info["prologue"] = a
             _move_nodes(plan, p, m)
+    for m, mk in enumerate(plan.kernels):
+        r = next((r for r, rk in enumerate(plan.kernels) if _column_sum_of(plan, rk, mk)), None)
+        if r is not None and not _depends_on(plan, r, m) and not _depends_on(plan, m, r):
+            mk.info["colsum"] = plan.kernels[r].anchor
+            _move_nodes(plan, r, m)
     for m, mk in enumerate(plan.kernels):
         for p, pk in enumerate(plan.kernels):
             if (mk.kind == "matmul" and pk.kind == "pointwise" and pk.nodes
@@ -319,6 +362,20 @@ def _fold_into_matmuls(plan: Plan) -> None:
     for k, kern in enumerate(plan.kernels):
         for i in kern.nodes:
             plan.home[i] = k
+
+
+def _column_sum_of(plan: Plan, rk: Kernel, mk: Kernel) -> bool:
+    """Is reduction kernel rk `sum(D, axis 0)` of a matmul's [K, N] operand D
+    (a bias gradient beside its weight gradient)? The matmul loads every tile
+    of D in its K loop anyway, so it can sum D's columns there."""
+    g = plan.graph
+    if mk.kind != "matmul" or rk.kind != "reduce" or len(rk.nodes) != 1:
+        return False
+    n, mm = g.nodes[rk.anchor], g.nodes[mk.anchor]
+    d = mm.srcs[1]
+    return (n.op is Op.SUM and n.srcs[0] == d and n.attrs["axes"] == (0,)
+            and not n.attrs["keepdims"] and len(g.nodes[d].tensor.shape) == 2
+            and len(g.nodes[mm.srcs[0]].tensor.shape) == 2 and "colsum" not in mk.info)
 
 
 def _move_nodes(plan: Plan, src: int, dst: int) -> None:
