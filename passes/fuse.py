@@ -118,18 +118,8 @@ def can_join(plan: Plan, k: int, i: int) -> str | None:
         why = _broadcasts_reduced(plan, k, i, kern.space)
         if why:
             return why
-    elif n.op in REDUCE:
-        if ((g.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"]) != row_space(g, kern)
-                or n.op is Op.ARGMAX):
-            return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
-    elif kern.kind in ATTENTION_GRAD_KINDS:
-        return f"the {kern.kind} kernel stores its gradients as they are"
-    elif shape != out_shape(g, kern) and not (
-            row_space(g, kern) and _in_reduce_space(shape, row_space(g, kern))):
-        return (f"{n.op.value} {dims.fmt(shape)} does not match the {kern.kind} output "
-                f"{dims.fmt(out_shape(g, kern))}")
-    elif row_space(g, kern):
-        why = _broadcasts_reduced(plan, k, i, row_space(g, kern))
+    else:
+        why = _joins_output_space(plan, k, i)
         if why:
             return why
     for s in n.srcs:
@@ -137,6 +127,25 @@ def can_join(plan: Plan, k: int, i: int) -> str | None:
             return f"an operand reaches kernel {k} through a view or another kernel"
     if any(_depends_on(plan, d, k) for s in n.srcs for d in _reads(plan, s) if d != k):
         return "joining would make two kernels wait for each other"
+    return None
+
+
+def _joins_output_space(plan: Plan, k: int, i: int) -> str | None:
+    """May node i join kernel k (not a reduction kernel) in its output space:
+    the anchor's output, or for a matmul with row reductions, its rows?"""
+    g, kern, n = plan.graph, plan.kernels[k], plan.graph.nodes[i]
+    rows = row_space(g, kern)
+    if n.op in REDUCE:
+        if (g.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"]) != rows or n.op is Op.ARGMAX:
+            return f"{n.op.value} needs the whole {kern.kind} result before it can reduce"
+        return None
+    if kern.kind in ATTENTION_GRAD_KINDS:
+        return f"the {kern.kind} kernel stores its gradients as they are"
+    if rows is not None and _in_reduce_space(n.tensor.shape, rows):
+        return _broadcasts_reduced(plan, k, i, rows)
+    if n.tensor.shape != out_shape(g, kern):
+        return (f"{n.op.value} {dims.fmt(n.tensor.shape)} does not match the {kern.kind} "
+                f"output {dims.fmt(out_shape(g, kern))}")
     return None
 
 
