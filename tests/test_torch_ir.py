@@ -95,6 +95,15 @@ def test_remaining_ops_match_oracle_f64(stage):
     assert np.allclose(got.numpy(), expected, rtol=TOL64, atol=TOL64, equal_nan=True)
 
 
+def test_dropout_of_a_scalar_matches_oracle():
+    g = compile_src("model M {\n  def forward(x: f64[]) { return dropout(x, p=0.5) }\n}\n",
+                    train=True)
+    for seed in range(4):
+        (expected,) = oracle.evaluate(g, {"x": np.float64(2.0)}, {}, seed=seed)
+        (got,) = evaluate_torch(g, {"x": np.float64(2.0)}, {}, seed=seed)
+        assert float(got) == float(expected)
+
+
 def test_gradients_flow_through_every_parameter():
     g, inputs, params, env = _case("lstm", "loss", False, seed=1)
     leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}

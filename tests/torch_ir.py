@@ -107,7 +107,7 @@ def _rand(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
     shape = _shape(n, ctx)
     flat = np.arange(math.prod(shape), dtype=np.int32).reshape(shape)
     key = stream_seed(ctx.seed, n.attrs["stream"], tuple(int(s) for s in a))
-    return torch.from_numpy(uniform(key, flat))
+    return torch.from_numpy(np.asarray(uniform(key, flat)))  # (a 0-d draw is a NumPy scalar)
 
 
 def _reduce(fn: Callable[..., torch.Tensor]) -> TorchRule:
