@@ -57,6 +57,27 @@ class Kernel:
     info: dict[str, Any] = field(default_factory=dict)  # what a pattern kernel needs
 
 
+class Home(dict[int, int]):
+    """node -> index of the kernel computing it; any change forgets the
+    memoized answers of `_reads`, which depend on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memo: dict[int, frozenset[int]] = {}
+
+    def __setitem__(self, key: int, value: int) -> None:
+        self.memo.clear()
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        self.memo.clear()
+        super().update(*args, **kw)
+
+    def clear(self) -> None:
+        self.memo.clear()
+        super().clear()
+
+
 @dataclass
 class Plan:
     graph: Graph
@@ -77,7 +98,7 @@ KIND = {Op.MATMUL: "matmul", Op.CONV2D: "conv", Op.MAX_POOL2D: "pool", Op.AVG_PO
 
 def fuse(g: Graph, enabled: bool = True) -> Plan:
     """Plan g's kernels; with enabled=False every compute op is its own kernel."""
-    plan = Plan(g, [], {}, {}, [])
+    plan = Plan(g, [], Home(), {}, [])
     if enabled:
         for m in find_matches(g):
             plan.kernels.append(Kernel(m.kind, m.anchor, m.nodes, info=m.info))
@@ -200,10 +221,14 @@ def _reads(plan: Plan, i: int) -> set[int]:
     n = plan.graph.nodes[i]
     if n.op is Op.GET and plan.graph.nodes[n.srcs[0]].op is Op.LOOP:
         return {~n.srcs[0]}
-    out: set[int] = set()
-    for s in plan.graph.nodes[i].srcs:
-        out |= _reads(plan, s)
-    return out
+    # memoized until a node changes kernel (fusion asks this very often)
+    memo = plan.home.memo if isinstance(plan.home, Home) else {}
+    if i not in memo:
+        out: set[int] = set()
+        for s in plan.graph.nodes[i].srcs:
+            out |= _reads(plan, s)
+        memo[i] = frozenset(out)
+    return set(memo[i])
 
 
 def _kernel_deps(plan: Plan, k: int) -> set[int]:
