@@ -108,6 +108,8 @@ def delinear(flat: Ix, shape: Shape) -> tuple[Ix, ...]:
 def reshape_index(idx: tuple[Ix, ...], out_shape: Shape, src_shape: Shape) -> tuple[Ix, ...]:
     """Index into src for an index into reshape(src, out_shape). Dims are grouped
     so that dims both shapes share map straight through without div/mod."""
+    if 0 in out_shape or 0 in src_shape:  # empty: no lane reads it
+        return (ZERO,) * len(src_shape)
     result: list[Ix] = []
     for gi, gj in _groups(out_shape, src_shape):
         sub_out = tuple(out_shape[k] for k in gi)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ember.ir.graph import Graph, TensorType, walk_nodes
-from ember.ir.loc import DSLError
+from ember.ir.loc import DSLError, Loc
 from ember.ir.ops import Op
 from ember.ir.verify import verify
 from ember.lang import ast
@@ -71,10 +71,20 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
         if grad_inputs is True:
             grad_inputs = [g.nodes[i].attrs["name"] for i in g.inputs
                            if g.nodes[i].tensor.dtype.is_float]
-        g = verify(differentiate(g, grad_inputs or ()))
+        g = verify(differentiate(g, grad_inputs or (), _entry_loc(program, entry)))
         if stage == "opt":
             g = optimize(g)
     return verify(g)
+
+
+def _entry_loc(program: ast.Program, entry: str) -> Loc | None:
+    """Where the model defines its entry function."""
+    for item in program.items:
+        if isinstance(item, ast.LayerDef) and item.is_model:
+            for m in item.members:
+                if isinstance(m, ast.FnDef) and m.name == entry:
+                    return m.loc
+    return None
 
 
 def grad_names(g: Graph) -> dict[str, str]:

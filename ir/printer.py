@@ -58,7 +58,9 @@ def print_graph(g: Graph, indent: str = "", with_loc: bool = True) -> str:
         lines.append(indent + "  " + fmt_node(i, n, with_loc))
         if "body" in n.attrs:
             lines.append(print_graph(n.attrs["body"], indent + "    ", with_loc))
-    outs = ", ".join(f"%{o}" for o in g.outputs)
+    # gradient outputs say whose gradient they are
+    outs = ", ".join(f"{name}=%{o}" if name.startswith("grad.") else f"%{o}"
+                     for o, name in zip(g.outputs, g.output_names))
     lines.append(f"{indent}  return {outs}")
     lines.append(f"{indent}}}")
     return "\n".join(lines)

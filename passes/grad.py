@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ember.ir.graph import Builder, Graph, Node
-from ember.ir.loc import DSLError
+from ember.ir.loc import DSLError, Loc
 from ember.ir.ops import Op
 
 from .rewrite import copy_node
@@ -29,12 +29,14 @@ from .vjp import NON_DIFFERENTIABLE, Ct, Emit, vjp_rules
 Cts = dict[int, list[int]]
 
 
-def grad(g: Graph, inputs: Sequence[str] = ()) -> Graph:
-    """g's outputs, then d(first output)/d(each parameter, each named input)."""
+def grad(g: Graph, inputs: Sequence[str] = (), where: Loc | None = None) -> Graph:
+    """g's outputs, then d(first output)/d(each parameter, each named input).
+    `where` locates the error for an entry without a scalar first output
+    (the entry's definition; by default, the expression returned)."""
     out = g.outputs[0] if g.outputs else None
     wrt = _wrt_inputs(g, inputs)
     if out is None or g.nodes[out].tensor.shape != () or not g.nodes[out].tensor.dtype.is_float:
-        where = g.nodes[out].loc if out is not None else None
+        where = where or (g.nodes[out].loc if out is not None else None)
         found = g.nodes[out].tensor if out is not None else "no output"
         raise DSLError(f"gradients need an entry whose first output is a float scalar; "
                        f"'{g.name}' returns {found}", where)

@@ -1,0 +1,41 @@
+"""Edge cases of --grad found in review: an empty scan through the kernels,
+the error for a non-scalar entry located at the entry, gradient outputs named
+in the printed IR."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from util import ROOT
+
+from ember import api
+from ember.ir.printer import print_graph
+
+
+def _ember(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_zero_step_scan_gradients_through_the_kernels() -> None:
+    """T=0 bound at compile time: the stacked per-step values are empty."""
+    r = _ember("run", "models/lstm.ember", "--entry", "loss", "--grad", "--dims", "B=2,T=0",
+               "--backend", "triton", "--check")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count(" ok") == 6  # the loss and five gradients
+
+
+def test_non_scalar_entry_error_points_at_the_entry() -> None:
+    r = _ember("run", "models/mlp.ember", "--grad", "--dims", "B=2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("models/mlp.ember:14:7: error: gradients need an entry whose "
+                               "first output is a float scalar; 'Mlp.forward' returns")
+    assert "def forward(x: f32[B, 64])" in r.stderr
+
+
+def test_printed_ir_names_each_gradient() -> None:
+    g = api.compile_file(ROOT / "models" / "mlp.ember", entry="loss", grad=True)
+    ret = print_graph(g).splitlines()[-2]
+    for name in ("hidden.w", "hidden.b", "out.w", "out.b"):
+        assert f"grad.{name}=%" in ret
