@@ -36,7 +36,8 @@ TARGETS: dict[str, tuple[str, frozenset[str] | None, tuple[str, ...]]] = {
     "runtime/oracle.py": ("ember.runtime.oracle", None,
                           ("tests/test_ops_vs_torch.py", "tests/test_torch_ir.py")),
     "ir/shapes.py": ("ember.ir.shapes", None,
-                     ("tests/test_ir.py", "tests/test_parser.py", "tests/test_ops_vs_torch.py")),
+                     ("tests/test_ir.py", "tests/test_parser.py", "tests/test_ops_vs_torch.py",
+                      "tests/fuzz/test_core_rules.py")),
     "passes/fuse.py": ("ember.passes.fuse", FUSE_DECISION,
                        ("tests/test_fuse.py",)),
 }
@@ -68,7 +69,8 @@ class Mutant:
     file: str
     index: int     # the site's position in the walk order
     line: int
-    change: str    # e.g. "< -> <="
+    change: str    # e.g. "Lt -> LtE"
+    text: str      # the source line, as it was when the sites were listed
 
 
 def _nodes(tree: ast.AST, only: frozenset[str] | None) -> Iterator[ast.AST]:
@@ -118,11 +120,13 @@ def _changes(node: ast.AST) -> list[tuple[str, object]]:
 def sites(file: str) -> list[Mutant]:
     """Every mutation of one target file, in a stable order."""
     only = TARGETS[file][1]
-    tree = ast.parse((ROOT / file).read_text())
+    text = (ROOT / file).read_text()
+    lines = text.splitlines()
     out = []
-    for node in _nodes(tree, only):
+    for node in _nodes(ast.parse(text), only):
         for desc, _ in _changes(node):
-            out.append(Mutant(file, len(out), getattr(node, "lineno", 0), desc))
+            line = getattr(node, "lineno", 0)
+            out.append(Mutant(file, len(out), line, desc, lines[line - 1].strip()))
     return out
 
 
@@ -157,7 +161,7 @@ def _run_target(file: str, sample: int, seed: int, timeout: float) -> None:
     for m in chosen:
         if not killed(m, timeout):
             survivors.append(m)
-            print(f"  survived: {m.file}:{m.line} {m.change}", flush=True)
+            print(f"  survived: {m.file}:{m.line} {m.change}: {m.text}", flush=True)
     share = 1 - len(survivors) / len(chosen) if chosen else 1.0
     print(f"{file}: {len(every)} sites, {len(chosen)} run, {len(chosen) - len(survivors)} "
           f"killed ({share:.0%})", flush=True)

@@ -1,0 +1,53 @@
+"""Shape-rule checks that mutation testing (fuzz/mutate_core.py) found unguarded.
+
+Each test pins one rule whose operator or check could be flipped without any
+other test in the shape rules' subset noticing: the dtype checks of mean, rand
+and stop_grad, and the arithmetic of pad lengths.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ember.ir.dtypes import DType
+from ember.ir.graph import ShapeError, TensorType
+from ember.ir.ops import Op
+from ember.ir.shapes import pad_length, shape_rules
+
+I32_3 = TensorType((3,), DType.I32)
+F32_3 = TensorType((3,), DType.F32)
+
+
+def test_mean_needs_floats():
+    with pytest.raises(ShapeError, match="mean expects a float"):
+        shape_rules[Op.MEAN]([I32_3], {"axes": (0,), "keepdims": False})
+    assert shape_rules[Op.SUM]([I32_3], {"axes": (0,), "keepdims": False}) == \
+        TensorType((), DType.I32)
+
+
+@pytest.mark.parametrize("counter", [TensorType((), DType.F32), TensorType((2,), DType.I32)])
+def test_rand_reads_only_integer_scalar_counters(counter):
+    attrs = {"shape": (2, 2), "stream": "s"}
+    assert shape_rules[Op.RAND]([TensorType((), DType.I32)], attrs) == \
+        TensorType((2, 2), DType.F32)
+    with pytest.raises(ShapeError, match="loop counters"):
+        shape_rules[Op.RAND]([counter], attrs)
+
+
+def test_stop_grad_keeps_any_dtype():
+    assert shape_rules[Op.STOP_GRAD]([I32_3], {}) == I32_3
+    assert shape_rules[Op.STOP_GRAD]([F32_3], {}) == F32_3
+
+
+@pytest.mark.parametrize("size, low, high, interior, length", [
+    (5, 1, 2, 0, 8), (5, 0, 0, 1, 9), (5, 1, 2, 2, 16), (5, -1, -2, 0, 2), (1, 0, 0, 3, 1),
+    (0, 2, 1, 1, 3), ("B", 0, 0, 0, "B")])
+def test_pad_length(size, low, high, interior, length):
+    assert pad_length(size, low, high, interior) == length
+
+
+def test_pad_length_rejects_negative_sizes():
+    with pytest.raises(ShapeError, match="negative size"):
+        pad_length(2, -2, -1, 0)
+    with pytest.raises(ShapeError, match="symbolic"):
+        pad_length("B", 1, 0, 0)
