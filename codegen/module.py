@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ember.ir import dims
 from ember.ir.dims import Shape
 from ember.ir.dtypes import DType
-from ember.ir.graph import Graph, walk_nodes
+from ember.ir.graph import Graph, Node, walk_nodes
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
@@ -124,6 +124,7 @@ class _State:
     launches: list[LaunchSite] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
     sites: list[Site] = field(default_factory=list)   # checked indices (checks.py)
+    views: dict[str, str] = field(default_factory=dict)   # buffer -> row of a scan's stack
 
 
 def emit_triton(g: Graph, fused: bool = True, precision: str = "ieee",
@@ -313,7 +314,8 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
         e for e in site.extras.values() if not e[0].startswith(BOUNDS)]
     for var, shape, dtype in buffers:
         dims_text = ", ".join(dim_text(d) for d in shape) + ("," if len(shape) == 1 else "")
-        lines.append(f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
+        lines.append(f"{pad}{var} = {state.views[var]}" if var in state.views else
+                     f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
     consts = code.launch.constexprs
     lines.append(f"{pad}{', '.join(consts)} = {', '.join(consts.values())}")
     grid = ", ".join(code.launch.grid) + ("," if len(code.launch.grid) == 1 else "")
@@ -358,6 +360,8 @@ def wrap_call(head: str, args: list[str], tail: str, pad: str, width: int = 100)
 
 def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int, str],
                state: _State, pad: str, prefix: str) -> Step:
+    """A scan: carried state in buffers of its own, one step of each xs bound
+    as a view per step, each per-step output copied into its stacked buffer."""
     g = plan.graph
     n = g.nodes[node]
     body_plan = plan.loops[node]
@@ -366,35 +370,79 @@ def _loop_step(plan: Plan, node: int, names: dict[int, str], counters: dict[int,
     inner: dict[int, str] = {}
     step_var = lp + unique(sanitize(body.nodes[body.inputs[0]].attrs["name"]), {})
     inner_counters = {**counters, body.inputs[0]: step_var}
-    lines = [f"{pad}# loop %{node}: {n.attrs['n_carry']} carried values, "
-             f"{len(n.srcs) - n.attrs['n_carry']} captured"]
-    n_carry = n.attrs["n_carry"]
+    n_carry, n_xs = n.attrs["n_carry"], n.attrs.get("n_xs", 0)
+    lines = [f"{pad}# loop %{node}: {n_carry} carried values, {n_xs} per-step inputs, "
+             f"{len(n.srcs) - n_carry - n_xs} captured, {len(body.outputs) - n_carry} "
+             f"per-step outputs" + (", in reverse" if n.attrs.get("reverse") else "")]
+    per_step = []
     for k, (bi, src) in enumerate(zip(body.inputs[1:], n.srcs)):
         if src in counters:  # an outer loop's counter: a scalar, not a buffer
             inner_counters[bi] = counters[src]
             continue
         # prefixed like the body's own values (l5_v12), so checked like them
         inner[bi] = lp + unique(sanitize(body.nodes[bi].attrs["name"]), inner)
+        if n_carry <= k < n_carry + n_xs:
+            per_step.append(f"{pad}    {inner[bi]} = {names[src]}[{step_var}]")
+            continue
         # carried state gets buffers of its own, so freeing or reusing the
         # initial values' buffers after the loop cannot touch it
         own = ".clone()" if k < n_carry else ""
         lines.append(f"{pad}{inner[bi]} = {names[src]}{own}")
     lines += _bind_params(body, inner, pad)
-    lines.append(f"{pad}for {step_var} in range({dim_text(n.attrs['length'])}):")
+    ys = _stacked_outputs(n, body, lp, pad, lines)
+    direct = _store_in_place(body_plan, ys, lp, step_var, state)
+    length = dim_text(n.attrs["length"])
+    steps = f"{length} - 1, -1, -1" if n.attrs.get("reverse") else length
+    lines.append(f"{pad}for {step_var} in range({steps}):")
+    lines += per_step
     body_steps = _plan_steps(body_plan, inner, inner_counters, state, pad + "    ", lp)
     carries = [inner[b] for b in body.inputs[1:1 + n_carry]]
     captured = {inner[b] for b in body.inputs[1 + n_carry:] if b in inner}
-    outs = [inner[o] + (".clone()" if inner[o] in captured else "") for o in body.outputs]
-    lines += _with_frees(body_steps, set(outs) | set(carries), pad + "    ")
+    outs = [inner[o] + (".clone()" if inner[o] in captured else "")
+            for o in body.outputs[:n_carry]]
+    y_outs = [inner[o] for o in body.outputs[n_carry:]]
+    lines += _with_frees(body_steps, set(outs) | set(carries) | set(y_outs), pad + "    ")
+    made = set().union(*(w for _, _, w in body_steps)) if body_steps else set()
+    lines += [f"{pad}    {y}[{step_var}].copy_({v})" for y, v in zip(ys, y_outs)
+              if v not in direct]
+    lines += [f"{pad}    pool.free({v})" for v in dict.fromkeys(y_outs)
+              if v in made and v not in outs and v not in direct]
     if carries:
         # last step's state is dead once no new value is it (a swap keeps both)
         lines += [f"{pad}    pool.free({c})" for c in carries if c not in outs]
         lines.append(f"{pad}    {', '.join(carries)} = {', '.join(outs)}")
+    results = carries + ys
     for get, m in enumerate(g.nodes):
         if m.op is Op.GET and m.srcs[0] == node:
-            names[get] = carries[m.attrs["index"]]
+            names[get] = results[m.attrs["index"]]
     reads = {names[s] for s in n.srcs if s in names}
-    return lines, reads, set(carries)
+    return lines, reads, set(results)
+
+
+def _store_in_place(body_plan: Plan, ys: list[str], lp: str, step_var: str,
+                    state: _State) -> set[str]:
+    """Per-step outputs that a kernel of the body computes (and no carry or
+    other output shares) are stored straight into row t of their stack."""
+    body = body_plan.graph
+    k = len(body.outputs) - len(ys)
+    computed = {o for kern in body_plan.kernels for o in kern.outputs}
+    direct = set()
+    for y, o in zip(ys, body.outputs[k:]):
+        if o in computed and list(body.outputs).count(o) == 1:
+            state.views[f"{lp}v{o}"] = f"{y}[{step_var}]"
+            direct.add(f"{lp}v{o}")
+    return direct
+
+
+def _stacked_outputs(n: Node, body: Graph, lp: str, pad: str, lines: list[str]) -> list[str]:
+    """Allocate a [length, ...] buffer for each per-step output."""
+    ys = []
+    for j, o in enumerate(body.outputs[n.attrs["n_carry"]:]):
+        t = body.nodes[o].tensor
+        shape = ", ".join(dim_text(d) for d in (n.attrs["length"], *t.shape))
+        ys.append(f"{lp}ys{j}")
+        lines.append(f"{pad}{ys[-1]} = pool.empty(({shape},), {TORCH_DTYPE[t.dtype.value]})")
+    return ys
 
 
 def _with_frees(steps: list[Step], keep: set[str], pad: str) -> list[str]:

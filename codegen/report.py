@@ -142,7 +142,7 @@ def _flops(g: Graph, i: int, env: Mapping[str, int]) -> int:
         return 2 * _numel(g, i, env) * k
     if n.op is Op.CONV2D:
         _, cg, kh, kw = g.nodes[n.srcs[1]].tensor.shape
-        return 2 * _numel(g, i, env) * int(cg) * int(kh) * int(kw)
+        return 2 * _numel(g, i, env) * _bind(cg, env) * int(kh) * int(kw)
     if n.op in (Op.MAX_POOL2D, Op.AVG_POOL2D):
         kh, kw = n.attrs["kernel"]
         return _numel(g, i, env) * kh * kw
