@@ -99,6 +99,23 @@ def report(tallies: list[Tally], shrink: bool = True) -> int:
     return unknown
 
 
+def recheck_known(worker: Worker) -> dict[str, bool]:
+    """For each known failure, whether its reproducer still fails that way."""
+    return {sig: _still_fails(worker, sig, src) for sig, src in KNOWN.items()}
+
+
+def _still_fails(worker: Worker, sig: str, src: str) -> bool:
+    """Through compile, then through every evaluator, in eval and train mode."""
+    prog = Program(src, {"B": 2} if "B," in src else {}, False)
+    for train in (False, True):
+        if worker.run(check_source, src, train).signature == sig:
+            return True
+        result = worker.run(check_model, replace(prog, train=train), True, timeout=MODEL_TIMEOUT)
+        if result.signature == sig:
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mutants", type=int, default=1000)
@@ -107,9 +124,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="run every k-th random model through the Triton interpreter (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-minimize", action="store_true")
+    p.add_argument("--known", action="store_true", help="only recheck the known failures")
     args = p.parse_args(argv)
     quiet_env()
     with Worker(COMPILE_TIMEOUT) as worker:
+        if args.known:
+            for sig, still in recheck_known(worker).items():
+                print(f"{'open ' if still else 'FIXED'} {sig}")
+            return 0
         tallies = [run_mutants(worker, args.mutants, args.seed, progress=True),
                    run_models(worker, args.models, args.seed, args.triton_every, progress=True)]
         unknown = report(tallies, shrink=not args.no_minimize)

@@ -84,8 +84,14 @@ def classify(e: BaseException) -> Result:
     frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.startswith(EMBER_DIRS)]
     where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "outside ember"
     tail = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-3:])
-    what = re.sub(r"\d+", "N", str(e).split("\n")[0])[:60]
+    what = _gist(str(e).split("\n")[0])
     return Result(Outcome.TRACEBACK, f"{type(e).__name__} in {where}: {what}", tail[-2000:])
+
+
+def _gist(message: str) -> str:
+    """A message without the interpreter's nested wrappers, quotes and numbers."""
+    message = re.sub(r"InterpreterError\(|\\|['\"]", "", message)
+    return re.sub(r"\d+", "N", message).rstrip(")")[:60]
 
 
 def guarded(check: Callable[..., Result], *args: Any) -> Result:
