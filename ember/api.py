@@ -50,17 +50,20 @@ def parse_file(path: str | Path) -> ast.Program:
 
 def compile_program(program: ast.Program, entry: str = "forward", stage: str = "opt",
                     options: Options = Options(), dims: Mapping[str, int] | None = None,
-                    grad: bool = False, grad_inputs: Sequence[str] | bool = ()) -> Graph:
+                    grad: bool = False, grad_inputs: Sequence[str] | bool = (),
+                    strict_dims: bool = False) -> Graph:
     """Lower one entry of a parsed program and run the pipeline up to `stage`:
     "ir" (lowering only), the name of a pipeline pass (the forward pipeline
     through it), "grad" (the gradient pass's output) or "opt" (everything).
     With grad=True the result also computes the
     gradient of the entry's first output (a scalar) with respect to every
     parameter and to `grad_inputs` (True: every float input), as outputs
-    named `grad.<name>`."""
+    named `grad.<name>`. With strict_dims (the CLI's --dims), a name in `dims`
+    that the entry has no dimension of is an error rather than ignored."""
     g = lower(program, entry, options)
     if dims:
-        check_dim_names(g, dims)
+        if strict_dims:
+            check_dim_names(g, dims)
         g = bind_dims(g, dims)
     if stage == "ir":
         return verify(g)

@@ -73,7 +73,7 @@ def _compile(program: ast.Program, args: argparse.Namespace, stage: str = "opt")
     if args.grad_inputs and not args.grad:
         raise DSLError("--grad-inputs needs --grad")
     return api.compile_program(program, args.entry, stage, _options(args), args.dims,
-                               grad=args.grad, grad_inputs=args.grad_inputs)
+                               grad=args.grad, grad_inputs=args.grad_inputs, strict_dims=True)
 
 
 def _save_grads(args: argparse.Namespace, program: ast.Program, g: Graph,

@@ -403,7 +403,8 @@ def _cli_run(model: str, tmp_path, params_file: str) -> tuple[dict, dict, dict]:
     np.savez(in_file, **{x_name: inputs[x_name]})
     p_file, out_file = tmp_path / params_file, tmp_path / "out.npz"
     cmd = [sys.executable, "-m", "ember", "run", f"models/{model}.ember", "--backend", "numpy",
-           "--dims", "B=2,T=5", "--inputs", str(in_file), "--save-params", str(p_file),
+           "--dims", "B=2,T=5" if model in ("lstm", "transformer") else "B=2", "--inputs",
+           str(in_file), "--save-params", str(p_file),
            "-o", str(out_file)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -208,7 +208,7 @@ def report_kernels(model: str) -> tuple[tuple[str, ...], ...]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = cli.main(["compile", str(MODELS / f"{model}.ember"), "--emit", "report", "--json",
-                       "--dims", "B=2,T=8"])
+                       "--dims", "B=2,T=8" if model in ("lstm", "transformer") else "B=2"])
     assert rc == 0
     return tuple(tuple(k["ops"]) for k in json.loads(out.getvalue())["launches"])
 
@@ -268,7 +268,7 @@ def cli_runs() -> Iterator[dict[str, subprocess.Popen[str]]]:
     """`ember run MODEL --backend triton --check` for every model, all started at once."""
     procs = {m: subprocess.Popen(
         [sys.executable, "-m", "ember", "run", str(MODELS / f"{m}.ember"), "--backend",
-         "triton", "--check", "--dims", "B=2,T=5"],
+         "triton", "--check", "--dims", "B=2,T=5" if m in ("lstm", "transformer") else "B=2"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for m in MODEL_NAMES}
     yield procs
