@@ -77,9 +77,10 @@ def load_params(path: str | Path) -> dict[str, np.ndarray]:
         if path.suffix == ".safetensors":
             return _load_safetensors(path)
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                if not isinstance(f, NpzFile):
-                    raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            with data as f:
                 return read_npz(path, f)
     except READ_ERRORS as e:
         raise DSLError(f"cannot read parameter file '{path}': {_reason(e)}") from None

@@ -150,3 +150,11 @@ def test_a_safetensors_header_of_the_wrong_shape(here: Path,
     (here / "bad.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
     rc, err = ember(capsys, "run", "m.ember", "--dims", "B=2", "--params", "bad.safetensors")
     assert rc == 1 and "cannot read parameter file 'bad.safetensors'" in err
+
+
+def test_a_single_array_is_not_a_parameter_archive(here: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (here / "one.npz").write_bytes((here / "x.npy").read_bytes())
+    rc, err = ember(capsys, "run", "m.ember", "--dims", "B=2", "--params", "one.npz")
+    assert rc == 1
+    assert "'one.npz': a single .npy array, not an .npz archive of named arrays" in err
