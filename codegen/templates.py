@@ -47,6 +47,9 @@ def _index_names(shape: Shape, prefix: str = "i") -> list[str]:
 def store_outputs(w: KernelWriter, idx_for: dict[int, tuple[Ix, ...]],
                   offsets: dict[int, Ix] | None = None) -> None:
     for out, idx in idx_for.items():
+        n = w.g.nodes[out]
+        if n.op is Op.PERMUTE and n.srcs[0] in w.kernel.nodes:  # stored permuted
+            idx = tuple(idx[p] for p in n.attrs["perm"])
         w.store(out, idx, w.value(out, idx), (offsets or {}).get(out))
 
 
@@ -379,9 +382,7 @@ def matmul(w: KernelWriter) -> Launch:
         # (a tensor, not the scalar `pid_n == 0`: the interpreter rejects a
         # scalar operand of `&` in a mask)
         w.line("stores_a = (tl.zeros((BLOCK_M, 1), dtype=tl.int32) + pid_n) == 0")
-    if "colsum" in w.kernel.info:
-        w.line(f"colsum = tl.zeros((1, BLOCK_N), dtype={acc_t})")
-        w.line("stores_colsum = (tl.zeros((1, BLOCK_N), dtype=tl.int32) + pid_m) == 0")
+    colsum_start(w, acc_t)
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     w.line(f"for k0 in range(0, {dim_text(K)}, BLOCK_K):")
     w.push()
@@ -397,16 +398,11 @@ def matmul(w: KernelWriter) -> Launch:
         w.extra_mask = ""
     vb = operand(w, b, tile_b, {"kb", "n"})
     w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, m)})", m)
-    colsum = w.kernel.info.get("colsum")
-    if colsum is not None:
-        w.line(f"colsum += tl.sum({vb.text}, axis=0, keep_dims=True)", colsum)
+    colsum = colsum_add(w, vb)
     w.pop()
     out_idx = bidx + (mi, rn)
     w.remember(m, out_idx, Ix("acc", frozenset({"m", "n"})))
-    if colsum is not None:  # the first row of programs stores the column sums
-        w.extra_mask = "stores_colsum"
-        w.store(colsum, (rn,), Ix("colsum", frozenset("n")))
-        w.extra_mask = ""
+    colsum_store(w, rn)
     per_row = _row_reductions(w, out_idx, N)
     store_outputs(w, {o: per_row.get(w.shape(o), out_idx) for o in w.kernel.outputs
                       if o not in (a, colsum)})
@@ -414,6 +410,29 @@ def matmul(w: KernelWriter) -> Launch:
     return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({Nt}, BLOCK_N)", nb],
                   {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({Nt})",
                    "BLOCK_K": f"blocks.tile_k({Kt})"})
+
+
+def colsum_start(w: KernelWriter, acc_t: str) -> None:
+    """A bias gradient fused into its weight gradient's GEMM: the column sums
+    of the [K, N] operand, accumulated over the K loop (passes/fuse.py)."""
+    if "colsum" in w.kernel.info:
+        w.line(f"colsum = tl.zeros((1, BLOCK_N), dtype={acc_t})")
+        w.line("stores_colsum = (tl.zeros((1, BLOCK_N), dtype=tl.int32) + pid_m) == 0")
+
+
+def colsum_add(w: KernelWriter, vb: Ix) -> int | None:
+    colsum = w.kernel.info.get("colsum")
+    if colsum is not None:
+        w.line(f"colsum += tl.sum({vb.text}, axis=0, keep_dims=True)", colsum)
+    return colsum
+
+
+def colsum_store(w: KernelWriter, col: Ix) -> None:
+    """The first row of programs stores the column sums."""
+    if "colsum" in w.kernel.info:
+        w.extra_mask = "stores_colsum"
+        w.store(w.kernel.info["colsum"], (col,), Ix("colsum", frozenset("n")))
+        w.extra_mask = ""
 
 
 def _row_reductions(w: KernelWriter, out_idx: tuple[Ix, ...],

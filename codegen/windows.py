@@ -20,7 +20,16 @@ from ember.ir.ops import Op
 
 from . import ix
 from .ix import Ix
-from .templates import Launch, _name_index, dot_precision, operand, store_outputs
+from .templates import (
+    Launch,
+    _name_index,
+    colsum_add,
+    colsum_start,
+    colsum_store,
+    dot_precision,
+    operand,
+    store_outputs,
+)
 from .writer import KernelWriter
 
 
@@ -45,6 +54,7 @@ def conv(w: KernelWriter) -> Launch:
                       ["batch", "oh", "ow"])
     oc = w.let("oc", f"group * {ix.wrap(OCG)} + rn", frozenset("n")) if groups > 1 else Ix(
         "rn", frozenset("n"))
+    colsum_start(w, f"tl.float{_bits(w, c)}")
     w.line(f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float{_bits(w, c)})")
     w.line(f"for k0 in range(0, {K}, BLOCK_K):")
     w.push()
@@ -56,10 +66,12 @@ def conv(w: KernelWriter) -> Launch:
                                ["cb", "khb", "kwb"])
     vb = operand(w, n.srcs[1], (oc, cb, khb, kwb), {"kb", "n"})
     w.line(f"acc = tl.dot({va.text}, {vb.text}, acc{dot_precision(w, c)})", c)
+    colsum = colsum_add(w, vb)
     w.pop()
     out_idx = (out[0], oc, out[1], out[2])
     w.remember(c, out_idx, Ix("acc", frozenset({"m", "n"})))
-    store_outputs(w, {o: out_idx for o in w.kernel.outputs})
+    colsum_store(w, oc)
+    store_outputs(w, {o: out_idx for o in w.kernel.outputs if o != colsum})
     return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({OCG}, BLOCK_N)", str(groups)],
                   {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({OCG})",
                    "BLOCK_K": "blocks.CONV_BLOCK_K"}, f"blocks.conv_warps({R}, {OCG})")

@@ -337,6 +337,7 @@ def _materialize(plan: Plan, enabled: bool) -> None:
     if enabled:
         _merge_pointwise(plan)
         _fold_into_matmuls(plan)
+        _store_permuted(plan)
 
 
 def _merge_pointwise(plan: Plan) -> None:
@@ -398,14 +399,46 @@ def _fold_into_matmuls(plan: Plan) -> None:
             plan.home[i] = k
 
 
+def _store_permuted(plan: Plan) -> None:
+    """A matmul or conv result read only by a permute that must be stored (a
+    conv weight gradient, computed as [C, O, kh, kw] and returned as
+    [O, C, kh, kw]) is stored permuted by its own kernel: no copy kernel."""
+    g = plan.graph
+    users = g.users()
+    for pk in plan.kernels:
+        if pk.kind != "pointwise" or len(pk.nodes) != 1:
+            continue
+        p = pk.nodes[0]
+        v = g.nodes[p].srcs[0] if g.nodes[p].op is Op.PERMUTE else -1
+        k = plan.home.get(v)
+        if (k is not None and plan.kernels[k].kind in ("matmul", "conv") and users[v] == [p]
+                and v not in g.outputs):
+            plan.kernels[k].nodes.append(p)
+            plan.home[p] = k
+            pk.nodes = []
+    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
+    plan.home.clear()
+    for k, kern in enumerate(plan.kernels):
+        for i in kern.nodes:
+            plan.home[i] = k
+
+
 def _column_sum_of(plan: Plan, rk: Kernel, mk: Kernel) -> bool:
     """Is reduction kernel rk `sum(D, axis 0)` of a matmul's [K, N] operand D
     (a bias gradient beside its weight gradient)? The matmul loads every tile
     of D in its K loop anyway, so it can sum D's columns there."""
     g = plan.graph
-    if mk.kind != "matmul" or rk.kind != "reduce" or len(rk.nodes) != 1:
+    if rk.kind != "reduce" or len(rk.nodes) != 1 or "colsum" in mk.info:
         return False
     n, mm = g.nodes[rk.anchor], g.nodes[mk.anchor]
+    if mk.kind == "conv":  # a weight gradient's filters are the output gradient
+        wt = g.nodes[mm.srcs[1]]
+        return (mm.attrs["groups"] == 1 and wt.op is Op.PERMUTE
+                and wt.attrs["perm"] == (1, 0, 2, 3) and n.op is Op.SUM
+                and n.srcs[0] == wt.srcs[0] and n.attrs["axes"] == (0, 2, 3)
+                and not n.attrs["keepdims"])
+    if mk.kind != "matmul":
+        return False
     d = mm.srcs[1]
     return (n.op is Op.SUM and n.srcs[0] == d and n.attrs["axes"] == (0,)
             and not n.attrs["keepdims"] and len(g.nodes[d].tensor.shape) == 2

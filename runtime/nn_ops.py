@@ -45,7 +45,11 @@ def max_pool2d_grad(x: np.ndarray, dy: np.ndarray, kernel: tuple[int, int],
                     stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
     win = _windows(x, kernel, stride, padding, (1, 1), -np.inf)
     n, c, oh, ow, kh, kw = win.shape
-    first = win.reshape(n, c, oh, ow, kh * kw).argmax(axis=-1)  # first max (NaN counts as max)
+    real = _windows(np.ones_like(x, dtype=bool), kernel, stride, padding, (1, 1), False)
+    flat, real = win.reshape(n, c, oh, ow, kh * kw), real.reshape(n, c, oh, ow, kh * kw)
+    top = np.where(real, flat, -np.inf).max(axis=-1, keepdims=True)  # NaN wins, as max
+    hit = real & ((flat == top) | (np.isnan(flat) & np.isnan(top)))
+    first = hit.argmax(axis=-1)  # the first real position holding the max (never padding)
     (sh, sw), (ph, pw) = stride, padding
     rows = np.arange(oh)[:, None] * sh - ph + first // kw
     cols = np.arange(ow)[None, :] * sw - pw + first % kw

@@ -39,3 +39,20 @@ def test_printed_ir_names_each_gradient() -> None:
     ret = print_graph(g).splitlines()[-2]
     for name in ("hidden.w", "hidden.b", "out.w", "out.b"):
         assert f"grad.{name}=%" in ret
+
+
+def test_max_pool_grad_never_routes_to_padding() -> None:
+    """A padded window whose real values are all -inf: the gradient goes to its
+    first real position, as torch (padding counts as -inf but is never chosen)."""
+    import numpy as np
+    import torch
+
+    from ember.runtime.nn_ops import max_pool2d_grad
+    x = np.full((1, 2, 3, 3), -np.inf)
+    x[0, :, 2, 2] = 1.0
+    dy = np.arange(8, dtype=np.float64).reshape(1, 2, 2, 2) + 1
+    got = max_pool2d_grad(x, dy, (2, 2), (2, 2), (1, 1))
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(t, 2, 2, 1).backward(torch.tensor(dy))
+    assert t.grad is not None
+    np.testing.assert_array_equal(got, t.grad.numpy())
