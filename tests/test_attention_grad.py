@@ -10,7 +10,8 @@
 * The same gradients against torch.autograd through
   F.scaled_dot_product_attention in float64 (relative 1e-10), causal, not,
   and with an additive float mask (whose own gradient needs the T x T
-  logits' cotangent, passes/vjp.py `_captured`).
+  logits' cotangent, passes/vjp.py `_captured`: dead code, dropped, when the
+  mask is not differentiated).
 * The GPT model's --grad report: the attention backward is two kernels per
   block, and the launcher allocates no T x T buffer.
 * sm_90: both backward kernels at head dims 64 and 128 compile with no spills.
@@ -32,6 +33,7 @@ from ember.backends import tolerance
 from ember.codegen import aot
 from ember.codegen.module import emit_triton
 from ember.ir.graph import Graph
+from ember.ir.ops import Op
 from ember.kernel_cmds import aot_job
 from ember.lang.lower import Options
 from ember.lang.parser import parse
@@ -146,6 +148,17 @@ def test_gradients_match_torch_autograd(causal: bool, mask: bool, backend: str) 
     for name, ref in want.items():
         err = np.abs(got[name] - ref).max() / np.abs(ref).max()
         assert err < 1e-10, (name, err)
+
+
+def test_a_mask_not_differentiated_adds_no_scores_node() -> None:
+    """The captured mask's gradient path (T x T) is dead code unless the mask
+    is differentiated, and dce drops it."""
+    program = parse(loss_src(False, mask=True), "attention.ember")
+    for wrt, square in ((["q", "k", "v"], False), (["q", "m"], True)):
+        g = api.compile_program(program, "loss", grad=True, grad_inputs=wrt)
+        nodes = [n for n in g.nodes if n.op not in (Op.INPUT, Op.ATTENTION, Op.ATTENTION_GRAD)
+                 and n.tensor.shape[-2:] == ("T", "T")]
+        assert bool(nodes) == square, [n.op.value for n in nodes]
 
 
 # ---- the GPT model -----------------------------------------------------------------------
