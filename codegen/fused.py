@@ -115,7 +115,7 @@ def tile(w: KernelWriter, i: int, at: tuple[Ix, ...]) -> Ix:
 
 def head_text(a: AttentionOp) -> str:
     """The larger head dim, as launcher text."""
-    return f"max({dim_text(a.DK)}, {dim_text(a.D)})"
+    return dim_text(a.D) if a.D == a.DK else f"max({dim_text(a.DK)}, {dim_text(a.D)})"
 
 
 def launch(a: AttentionOp, over: Dim, block: str, rows: str = "", cols: str = "",
