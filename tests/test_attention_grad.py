@@ -161,6 +161,19 @@ def test_a_mask_not_differentiated_adds_no_scores_node() -> None:
         assert bool(nodes) == square, [n.op.value for n in nodes]
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_backward_kernels_skip_masked_tiles_without_atomics(causal: bool) -> None:
+    """Causal: the dk/dv kernel starts at the first query block that sees its
+    keys, the dq kernel stops at its last row. No kernel uses an atomic, so
+    every program writes only its own rows and runs give the same bits."""
+    g, _ = compiled(causal, False)
+    mod = emit_triton(g)
+    src = {c.kind: c.source for c in mod.kernels}
+    assert ("lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M" in src["attention_dkdv"]) is causal
+    assert ("hi = tl.minimum((pid_m + 1) * BLOCK_M, T)" in src["attention_dq"]) is causal
+    assert "atomic" not in mod.source
+
+
 # ---- the GPT model -----------------------------------------------------------------------
 
 def test_transformer_backward_is_two_kernels_per_block(
