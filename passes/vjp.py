@@ -332,18 +332,27 @@ def conv2d_input_grad(e: Emit, d: int, w: int, x_shape: Shape, attrs: dict[str, 
 def conv2d_weight_grad(e: Emit, x: int, d: int, w_shape: Shape, attrs: dict[str, Any]) -> int:
     """dw as a conv2d whose batch is the weight's input channel: x viewed as
     [C/g, g*N, H, W] convolved with d viewed as [O, N, OH, OW] (stride and
-    dilation swap roles), cropped to the kernel size."""
+    dilation swap roles). When the stride leaves input rows or columns that no
+    output reads, the padded input is cropped first (one PAD view), so the
+    result is exactly the kernel's size."""
     N, C, H, W = e.shape(x)
     OC, CG, KH, KW = w_shape
-    g = attrs["groups"]
+    g, (sh, sw), (ph, pw), (dh, dw) = (attrs["groups"], attrs["stride"], attrs["padding"],
+                                       attrs["dilation"])
+    _, _, OH, OW = e.shape(d)
+    assert isinstance(H, int) and isinstance(W, int)
+    extra_h = (H + 2 * ph - sh * (OH - 1) - 1) // dh + 1 - KH
+    extra_w = (W + 2 * pw - sw * (OW - 1) - 1) // dw + 1 - KW
+    if extra_h or extra_w:
+        x = e(Op.PAD, x, lows=(0, 0, ph, pw), highs=(0, 0, ph - extra_h * dh, pw - extra_w * dw),
+              interiors=(0, 0, 0, 0))
+        H, W = H + 2 * ph - extra_h * dh, W + 2 * pw - extra_w * dw
+        ph = pw = 0
     split = e.reshape(x, (N, g, CG, H, W))
     batched = e.reshape(e.permute(split, (2, 1, 0, 3, 4)), (CG, dims.mul(g, N), H, W))
     filters = e.permute(d, (1, 0, 2, 3))
-    full = e(Op.CONV2D, batched, filters, stride=attrs["dilation"], padding=attrs["padding"],
-             dilation=attrs["stride"], groups=g)
-    _, _, FH, FW = e.shape(full)
-    if (FH, FW) != (KH, KW):
-        full = e(Op.SLICE, full, starts=(0, 0, 0, 0), stops=(CG, OC, KH, KW), steps=(1, 1, 1, 1))
+    full = e(Op.CONV2D, batched, filters, stride=(dh, dw), padding=(ph, pw),
+             dilation=(sh, sw), groups=g)
     return e.permute(full, (1, 0, 2, 3))
 
 
