@@ -9,6 +9,9 @@ written with primitives only, so the backward graph goes through the same
 fusion and code generation as the forward one: the transpose of a slice is a
 PAD, of an embedding lookup a one-hot matmul (deterministic: no scatter), of
 conv2d two more conv2d over views (an implicit GEMM each, no im2col buffer).
+The exception is attention, whose result is a tuple (o, lse): its rule gets
+`d` as {result index: cotangent} and emits one attention_grad op, so the
+backward never materializes the T x T probabilities.
 
 Non-smooth points follow PyTorch: relu'(0) = 0, |x|'(0) = 0, ties of
 maximum/minimum split the gradient in half, ties of max/min reductions share
