@@ -297,12 +297,23 @@ def _place_anchor(plan: Plan, i: int, enabled: bool) -> None:
         # the same rows (a backward's row sum beside the forward's softmax)
         space = (plan.graph.nodes[n.srcs[0]].tensor.shape, n.attrs["axes"])
         same = [k for k, kern in enumerate(plan.kernels)
-                if space in (kern.space, row_space(plan.graph, kern))]
+                if space in (kern.space, row_space(plan.graph, kern))
+                and _reductions_in(plan, kern) < MAX_SIBLING_REDUCTIONS]
         for k in _candidates(plan, i) + sorted(same, reverse=True):
             if plan.kernels[k].kind in ("reduce", "matmul") and can_join(plan, k, i) is None:
                 _join(plan, k, i)
                 return
     _new_kernel(plan, KIND.get(n.op, "reduce"), i)
+
+
+# Unrelated reductions over the same rows share a kernel (one launch), but not
+# without bound: a deep network's per-layer weight gradients would make one
+# kernel that grows with depth and is never the same twice.
+MAX_SIBLING_REDUCTIONS = 6
+
+
+def _reductions_in(plan: Plan, kern: Kernel) -> int:
+    return sum(1 for i in kern.nodes if plan.graph.nodes[i].op in REDUCE)
 
 
 def _candidates(plan: Plan, i: int) -> list[int]:
@@ -330,6 +341,8 @@ def _materialize(plan: Plan, enabled: bool) -> None:
             needed.update(n.srcs)
     if not enabled:
         needed.update(i for i, n in enumerate(g.nodes) if n.op in ELEMENTWISE)
+    else:
+        needed |= _shared_chains(plan)
     for i in sorted(needed):
         op = g.nodes[i].op
         if i not in plan.home and op not in LEAF - FREE and op not in (Op.GET, Op.LOOP):
@@ -338,6 +351,36 @@ def _materialize(plan: Plan, enabled: bool) -> None:
         _merge_pointwise(plan)
         _fold_into_matmuls(plan)
         _store_permuted(plan)
+
+
+# Recomputing an unstored value in every kernel that reads it is free for a
+# short chain and quadratic for a long one (a residual stream's gradient,
+# summed layer by layer through a deep network): a chain longer than this,
+# read by two kernels or more, is stored once.
+SHARED_CHAIN = 24
+
+
+def _shared_chains(plan: Plan) -> set[int]:
+    """Elementwise values that several kernels would recompute from long chains."""
+    g = plan.graph
+    readers: list[set[int]] = [set() for _ in g.nodes]
+    for k, kern in enumerate(plan.kernels):
+        todo = [s for i in kern.nodes for s in g.nodes[i].srcs]
+        while todo:
+            i = todo.pop()
+            if i not in plan.home and k not in readers[i]:
+                readers[i].add(k)
+                todo.extend(g.nodes[i].srcs)
+    size = [0] * len(g.nodes)
+    stored: set[int] = set()
+    for i, n in enumerate(g.nodes):
+        if i in plan.home or n.op not in ELEMENTWISE:
+            continue
+        size[i] = 1 + sum(size[s] for s in n.srcs)
+        if size[i] > SHARED_CHAIN and len(readers[i]) > 1:
+            stored.add(i)
+            size[i] = 0
+    return stored
 
 
 def _merge_pointwise(plan: Plan) -> None:
