@@ -63,18 +63,23 @@ class Home(dict[int, int]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.memo: dict[int, frozenset[int]] = {}
+        self.memo: dict[int, frozenset[int]] = {}    # node -> steps it reads
+        self.reach: dict[int, frozenset[int]] = {}   # step -> steps it waits for
+
+    def forget(self) -> None:
+        self.memo.clear()
+        self.reach.clear()
 
     def __setitem__(self, key: int, value: int) -> None:
-        self.memo.clear()
+        self.forget()
         super().__setitem__(key, value)
 
     def update(self, *args: Any, **kw: Any) -> None:
-        self.memo.clear()
+        self.forget()
         super().update(*args, **kw)
 
     def clear(self) -> None:
-        self.memo.clear()
+        self.forget()
         super().clear()
 
 
@@ -244,15 +249,23 @@ def _kernel_deps(plan: Plan, k: int) -> set[int]:
 
 def _depends_on(plan: Plan, a: int, b: int) -> bool:
     """Does kernel a (transitively) need kernel b's results?"""
-    seen, todo = set(), [a]
-    while todo:
-        k = todo.pop()
-        if k == b:
-            return True
-        if k not in seen:
-            seen.add(k)
-            todo.extend(_kernel_deps(plan, k))
-    return False
+    return a == b or b in _waits_for(plan, a)
+
+
+def _waits_for(plan: Plan, a: int) -> frozenset[int]:
+    """Every step kernel a transitively waits for (memoized until a node
+    changes kernel)."""
+    memo = plan.home.reach if isinstance(plan.home, Home) else {}
+    if a not in memo:
+        seen: set[int] = set()
+        todo = list(_kernel_deps(plan, a))
+        while todo:
+            k = todo.pop()
+            if k not in seen:
+                seen.add(k)
+                todo.extend(memo[k] if k in memo else _kernel_deps(plan, k))
+        memo[a] = frozenset(seen)
+    return memo[a]
 
 
 # ---- the rebuild ---------------------------------------------------------------
