@@ -89,11 +89,16 @@ def torch_compile_figures(name: str, g: Any, env: dict[str, int]) -> dict[str, A
     _, codes = run_and_get_code(compiled, *args)
     seconds = time.perf_counter() - t0
     code = "\n".join(codes)
-    kernels = len(re.findall(r"^def (?:cpp_fused|triton_)\w*", code, re.M)) + len(
-        re.findall(r"cpp_fused_\w+ = async_compile\.cpp", code))
-    extern = len(re.findall(r"extern_kernels\.\w+\(", code))
+    kernels, extern = inductor_kernels(code)
     return {"tc_kernels": kernels, "tc_extern": extern,
             "tc_intermediate": _allocated_bytes(code), "tc_compile_s": seconds}
+
+
+def inductor_kernels(code: str) -> tuple[int, int]:
+    """(generated kernels, library calls) in inductor's generated code."""
+    kernels = len(re.findall(r"^def (?:cpp_fused|triton_)\w*", code, re.M)) + len(
+        re.findall(r"cpp_fused_\w+ = async_compile\.cpp", code))
+    return kernels, len(re.findall(r"extern_kernels\.\w+\(", code))
 
 
 def _allocated_bytes(code: str) -> int:

@@ -412,11 +412,7 @@ def _merge_pointwise(plan: Plan) -> None:
                 for i in ka.nodes:
                     plan.home[i] = b
                 ka.nodes = []
-    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
-    plan.home.clear()
-    for k, kern in enumerate(plan.kernels):
-        for i in kern.nodes:
-            plan.home[i] = k
+    _compact(plan)
 
 
 def _fold_into_matmuls(plan: Plan) -> None:
@@ -448,11 +444,7 @@ def _fold_into_matmuls(plan: Plan) -> None:
                     and not _depends_on(plan, p, m) and not _depends_on(plan, m, p)
                     and _shared_reads(plan, p, m)):
                 _move_nodes(plan, p, m)
-    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
-    plan.home.clear()
-    for k, kern in enumerate(plan.kernels):
-        for i in kern.nodes:
-            plan.home[i] = k
+    _compact(plan)
 
 
 def _store_permuted(plan: Plan) -> None:
@@ -472,11 +464,7 @@ def _store_permuted(plan: Plan) -> None:
             plan.kernels[k].nodes.append(p)
             plan.home[p] = k
             pk.nodes = []
-    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
-    plan.home.clear()
-    for k, kern in enumerate(plan.kernels):
-        for i in kern.nodes:
-            plan.home[i] = k
+    _compact(plan)
 
 
 def _column_sum_of(plan: Plan, rk: Kernel, mk: Kernel) -> bool:
@@ -499,6 +487,15 @@ def _column_sum_of(plan: Plan, rk: Kernel, mk: Kernel) -> bool:
     return (n.op is Op.SUM and n.srcs[0] == d and n.attrs["axes"] == (0,)
             and not n.attrs["keepdims"] and len(g.nodes[d].tensor.shape) == 2
             and len(g.nodes[mm.srcs[0]].tensor.shape) == 2 and "colsum" not in mk.info)
+
+
+def _compact(plan: Plan) -> None:
+    """Drop the kernels merges emptied and renumber the homes."""
+    plan.kernels[:] = [k for k in plan.kernels if k.nodes]
+    plan.home.clear()
+    for k, kern in enumerate(plan.kernels):
+        for i in kern.nodes:
+            plan.home[i] = k
 
 
 def _move_nodes(plan: Plan, src: int, dst: int) -> None:
