@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ember import api
 from ember.codegen.module import emit_triton
@@ -49,7 +50,9 @@ RUN_DIMS = {"B": 2, "T": 3}     # dims for running a mutant that compiled
 MAX_ELEMENTS = 2_000_000        # skip running mutants bigger than this (allocation guard)
 MEMORY_LIMIT = 6 * 2**30        # address space of a worker, a safety net for the machine
 REPO = Path(__file__).resolve().parents[2]
-EMBER_DIRS = tuple(str(REPO / d) for d in ("ember", "ir", "lang", "passes", "codegen", "runtime"))
+# where a failure's frames count as ours: Ember's packages and the torch evaluator
+EMBER_DIRS = tuple(str(REPO / d) for d in ("ember", "ir", "lang", "passes", "codegen", "runtime",
+                                           "tests/torch_ir.py"))
 
 
 class Outcome(Enum):
@@ -137,6 +140,9 @@ def _run_oracle(g: Graph, program: Any, options: Options) -> None:
 
 def _serve(conn: Any, stacks: Any) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    # A forked child must not enter the OpenMP pool of a parent that already ran
+    # torch ops (pytest does): it would wait forever for threads it does not have.
+    torch.set_num_threads(1)
     while True:
         check, args, limit = conn.recv()
         # where a hang is stuck: the stacks, dumped just before the parent gives up
