@@ -39,7 +39,7 @@ TARGETS: dict[str, tuple[str, frozenset[str] | None, tuple[str, ...]]] = {
                      ("tests/test_ir.py", "tests/test_parser.py", "tests/test_ops_vs_torch.py",
                       "tests/fuzz/test_core_rules.py")),
     "passes/fuse.py": ("ember.passes.fuse", FUSE_DECISION,
-                       ("tests/test_fuse.py",)),
+                       ("tests/test_fuse.py", "tests/fuzz/test_core_rules.py")),
 }
 COMPARE_FLIPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
                  ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In,

@@ -1,18 +1,21 @@
-"""Shape-rule checks that mutation testing (fuzz/mutate_core.py) found unguarded.
+"""Checks that mutation testing (fuzz/mutate_core.py) found unguarded.
 
 Each test pins one rule whose operator or check could be flipped without any
-other test in the shape rules' subset noticing: the dtype checks of mean, rand
-and stop_grad, and the arithmetic of pad lengths.
+other test in its target's subset noticing: the dtype checks of mean, rand and
+stop_grad and the arithmetic of pad lengths (shape rules), and two refusals of
+the fusion decision.
 """
 
 from __future__ import annotations
 
 import pytest
+from util import compile_src
 
 from ember.ir.dtypes import DType
 from ember.ir.graph import ShapeError, TensorType
 from ember.ir.ops import Op
 from ember.ir.shapes import pad_length, shape_rules
+from ember.passes.fuse import Plan, fuse
 
 I32_3 = TensorType((3,), DType.I32)
 F32_3 = TensorType((3,), DType.F32)
@@ -51,3 +54,26 @@ def test_pad_length_rejects_negative_sizes():
         pad_length(2, -2, -1, 0)
     with pytest.raises(ShapeError, match="symbolic"):
         pad_length("B", 1, 0, 0)
+
+
+def _plan(body: str, args: str) -> Plan:
+    return fuse(compile_src(f"model M {{ def forward({args}) {{ {body} }} }}", float64=False))
+
+
+def _kernels(plan: Plan) -> list[tuple[str, list[str]]]:
+    return [(k.kind, [plan.graph.nodes[i].op.value for i in sorted(k.nodes)])
+            for k in plan.kernels]
+
+
+def test_a_reduction_keeps_out_ops_of_another_shape():
+    # [3, 4] is neither the reduced [4, 8], its kept [4, 1] nor its rows [4]
+    plan = _plan("return sum(x, axis=1) * z", "x: f32[4, 8], z: f32[3, 4]")
+    assert _kernels(plan) == [("reduce", ["sum"]), ("pointwise", ["mul"])]
+
+
+def test_an_operand_seen_through_a_view_is_not_fused():
+    # s + transpose(s) reads the matmul's result at other positions than it writes
+    plan = _plan("let s = x @ w; return s + transpose(s)", "x: f32[4, 4], w: f32[4, 4]")
+    assert _kernels(plan) == [("matmul", ["matmul"]), ("pointwise", ["add"])]
+    assert [why for _, _, why in plan.unfused] == [
+        "an operand reaches kernel 0 through a view or another kernel"]
