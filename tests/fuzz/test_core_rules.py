@@ -2,8 +2,8 @@
 
 Each test pins one rule whose operator or check could be flipped without any
 other test in its target's subset noticing: the dtype checks of mean, rand and
-stop_grad and the arithmetic of pad lengths (shape rules), and two refusals of
-the fusion decision.
+stop_grad and the arithmetic of pad lengths (shape rules), and three refusals
+of the fusion decision.
 """
 
 from __future__ import annotations
@@ -77,3 +77,13 @@ def test_an_operand_seen_through_a_view_is_not_fused():
     assert _kernels(plan) == [("matmul", ["matmul"]), ("pointwise", ["add"])]
     assert [why for _, _, why in plan.unfused] == [
         "an operand reaches kernel 0 through a view or another kernel"]
+
+
+def test_no_join_makes_two_kernels_wait_for_each_other():
+    # mul reads the matmul and max(matmul): inside the matmul kernel it would wait
+    # for the reduce kernel, which waits for the matmul kernel
+    plan = _plan("let m = x @ w; let r = max(m); return m * r", "x: f32[4, 4], w: f32[4, 4]")
+    assert _kernels(plan) == [("matmul", ["matmul"]), ("reduce", ["max"]),
+                              ("pointwise", ["mul"])]
+    assert "joining would make two kernels wait for each other" in [
+        why for _, _, why in plan.unfused]
