@@ -134,7 +134,7 @@ def backprop(b: Builder, g: Graph, vals: list[int], cts: Cts, active: set[int]) 
                                tuple_cts.get(i, {}), [s in active for s in n.srcs])
         elif isinstance(n.type, tuple) and i in tuple_cts:  # attention: by result index
             src_cts = vjp_rules[n.op](Emit(b, n.loc), n, [vals[s] for s in n.srcs], vals[i],
-                                      tuple_cts[i])
+                                      tuple_cts[i], [s in active for s in n.srcs])
         elif i in cts:
             e = Emit(b, n.loc)
             src_cts = vjp_rules[n.op](e, n, [vals[s] for s in n.srcs], vals[i],

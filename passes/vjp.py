@@ -9,9 +9,10 @@ written with primitives only, so the backward graph goes through the same
 fusion and code generation as the forward one: the transpose of a slice is a
 PAD, of an embedding lookup a one-hot matmul (deterministic: no scatter), of
 conv2d two more conv2d over views (an implicit GEMM each, no im2col buffer).
-The exception is attention, whose result is a tuple (o, lse): its rule gets
-`d` as {result index: cotangent} and emits one attention_grad op, so the
-backward never materializes the T x T probabilities.
+The exception is attention, whose result is a tuple (o, lse): like a scan's
+(passes/scan_grad.py), its rule gets `d` as {result index: cotangent} and
+which operands are active, and emits one attention_grad op, so the backward
+never materializes the T x T probabilities.
 
 Non-smooth points follow PyTorch: relu'(0) = 0, |x|'(0) = 0, ties of
 maximum/minimum split the gradient in half, ties of max/min reductions share
@@ -375,7 +376,8 @@ def _max_pool2d(e: Emit, n: Node, x: list[int], y: int, d: int) -> list[Ct]:
 
 # ---- attention ------------------------------------------------------------------
 
-def _attention(e: Emit, n: Node, x: list[int], y: int, cts: dict[int, int]) -> list[Ct]:
+def _attention(e: Emit, n: Node, x: list[int], y: int, cts: dict[int, int],
+               active: list[bool]) -> list[Ct]:
     """FlashAttention-2's backward as one op (dq, dk, dv) from the saved lse and
     delta = rowsum(do * o); a cotangent of lse folds into delta (d lse / dx = p)."""
     q, k, v, *captured = x
@@ -387,7 +389,8 @@ def _attention(e: Emit, n: Node, x: list[int], y: int, cts: dict[int, int]) -> l
     body = score_grad_region(n.attrs["body"])
     g = e(Op.ATTENTION_GRAD, q, k, v, do, lse, delta, *captured, causal=n.attrs["causal"],
           body=body)
-    return [*(e(Op.GET, g, index=i) for i in range(3)), *_captured(e, n, x, do, lse, delta)]
+    return [*(e(Op.GET, g, index=i) for i in range(3)),
+            *_captured(e, n, x, active, (do, lse, delta))]
 
 
 def score_grad_region(body: Graph) -> Graph:
@@ -405,25 +408,26 @@ def score_grad_region(body: Graph) -> Graph:
     return b.build((ins[0], dx, *ins[1:]), (vals[out], ds), ("logits", "d_scores"))
 
 
-def _captured(e: Emit, n: Node, x: list[int], do: int, lse: int, delta: int) -> list[Ct]:
-    """Gradients of captured float operands (an additive mask, a learned bias):
-    they need the T x T logits' cotangent p (do v^T - delta), so it is computed
-    in primitives and sent through the region's own rules. dce drops it where
-    no captured operand is active."""
+def _captured(e: Emit, n: Node, x: list[int], active: list[bool],
+              saved: tuple[int, int, int]) -> list[Ct]:
+    """Gradients of the active captured operands (an additive mask, a learned
+    bias): they need the T x T logits' cotangent p (do v^T - delta), so it is
+    computed in primitives and sent through the region's own rules."""
     from .grad import activity, backprop, copy_forward, total
     q, k, v, *captured = x
-    body = n.attrs["body"]
-    if not any(e.type(c).dtype.is_float for c in captured):
+    (do, lse, delta), body = saved, n.attrs["body"]
+    seeds = {i for i, on in zip(body.inputs[1:], active[3:]) if on}
+    if not seeds:
         return [None] * len(captured)
     vals = copy_forward(e.b, body, set(), dict(zip(body.inputs, [e(Op.MATMUL, q, _t(e, k)),
                                                                  *captured])))
     logits = vals[body.outputs[0]]
     p = e(Op.EXP, e(Op.SUB, logits, e.reshape(lse, (*e.shape(lse), 1))))
     dp = e(Op.SUB, e(Op.MATMUL, do, _t(e, v)), e.reshape(delta, (*e.shape(delta), 1)))
-    seeds = {i for i in body.inputs[1:] if body.nodes[i].tensor.dtype.is_float}
     cts = backprop(e.b, body, vals, {body.outputs[0]: [e(Op.MUL, p, dp)]},
                    activity(body, seeds))
-    return [total(e, cts[i], body.nodes[i]) if i in seeds else None for i in body.inputs[1:]]
+    return [total(e, cts.get(i, []), body.nodes[i]) if i in seeds else None
+            for i in body.inputs[1:]]
 
 
 vjp_rules: dict[Op, Any] = {

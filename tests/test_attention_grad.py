@@ -10,8 +10,8 @@
 * The same gradients against torch.autograd through
   F.scaled_dot_product_attention in float64 (relative 1e-10), causal, not,
   and with an additive float mask (whose own gradient needs the T x T
-  logits' cotangent, passes/vjp.py `_captured`: dead code, dropped, when the
-  mask is not differentiated); and cross attention (queries and keys of
+  logits' cotangent, passes/vjp.py `_captured`, emitted only when the mask is
+  differentiated); and cross attention (queries and keys of
   different lengths, q/k and v of different head dims) through the kernels.
 * The GPT model's --grad report: the attention backward is two kernels per
   block, and the launcher allocates no T x T buffer.
@@ -38,6 +38,7 @@ from ember.ir.ops import Op
 from ember.kernel_cmds import aot_job
 from ember.lang.lower import Options
 from ember.lang.parser import parse
+from ember.passes.grad import grad
 from ember.runtime.cache import CodeCache
 from ember.runtime.triton_backend import TritonProgram
 
@@ -177,11 +178,11 @@ def test_cross_attention_gradients_match_torch(tmp_path) -> None:
 
 
 def test_a_mask_not_differentiated_adds_no_scores_node() -> None:
-    """The captured mask's gradient path (T x T) is dead code unless the mask
-    is differentiated, and dce drops it."""
-    program = parse(loss_src(False, mask=True), "attention.ember")
+    """The grad pass emits the captured mask's T x T gradient path only when
+    the mask is differentiated."""
+    forward = api.compile_program(parse(loss_src(False, mask=True), "attention.ember"), "loss")
     for wrt, square in ((["q", "k", "v"], False), (["q", "m"], True)):
-        g = api.compile_program(program, "loss", grad=True, grad_inputs=wrt)
+        g = grad(forward, wrt)
         nodes = [n for n in g.nodes if n.op not in (Op.INPUT, Op.ATTENTION, Op.ATTENTION_GRAD)
                  and n.tensor.shape[-2:] == ("T", "T")]
         assert bool(nodes) == square, [n.op.value for n in nodes]
