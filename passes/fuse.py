@@ -74,6 +74,10 @@ class Home(dict[int, int]):
         self.forget()
         super().__setitem__(key, value)
 
+    def __delitem__(self, key: int) -> None:
+        self.forget()
+        super().__delitem__(key)
+
     def update(self, *args: Any, **kw: Any) -> None:
         self.forget()
         super().update(*args, **kw)
@@ -119,6 +123,8 @@ def fuse(g: Graph, enabled: bool = True) -> Plan:
             _place_anchor(plan, i, enabled)
         elif n.op in ELEMENTWISE and enabled:
             _try_join(plan, i)
+    if enabled:
+        _rematerialize(plan)
     _materialize(plan, enabled)
     _mark_outputs(plan)
     plan.order = _schedule(plan)
@@ -364,6 +370,63 @@ def _materialize(plan: Plan, enabled: bool) -> None:
         _merge_pointwise(plan)
         _fold_into_matmuls(plan)
         _store_permuted(plan)
+
+
+# The rematerialization policy at the forward/backward boundary: a short
+# elementwise chain in a forward matmul's or conv's epilogue that only the
+# backward reads (a GELU's intermediates) is not stored; the backward kernel
+# recomputes it from values stored anyway, which costs less than the memory
+# traffic and the saved bytes. (Forward-only graphs are unchanged.)
+REMAT_CHAIN = 8
+
+
+def _rematerialize(plan: Plan) -> None:
+    g = plan.graph
+    forward = _forward_nodes(g)
+    if len(forward) == len(g.nodes):
+        return
+    users = g.users()
+    for k, kern in enumerate(plan.kernels):
+        if kern.kind not in ("matmul", "conv") or kern.anchor not in forward:
+            continue
+        for i in sorted(kern.nodes, reverse=True):
+            outside = [u for u in users[i] if plan.home.get(u) != k]
+            if (i != kern.anchor and i not in g.outputs and g.nodes[i].op in ELEMENTWISE
+                    and outside and not forward & set(outside)
+                    and _epilogue_chain(plan, k, i) <= REMAT_CHAIN):
+                kern.nodes.remove(i)
+                del plan.home[i]
+
+
+def _forward_nodes(g: Graph) -> set[int]:
+    """What the graph's own (not `grad.*`) outputs need."""
+    out: set[int] = set()
+    todo = [o for o, name in zip(g.outputs, g.output_names) if not name.startswith("grad.")]
+    while todo:
+        i = todo.pop()
+        if i not in out:
+            out.add(i)
+            todo.extend(g.nodes[i].srcs)
+    return out
+
+
+def _epilogue_chain(plan: Plan, k: int, i: int) -> int:
+    """How many elementwise nodes recomputing node i repeats, down to values
+    stored by kernels (too many if the chain holds anything else)."""
+    g, kern = plan.graph, plan.kernels[k]
+    seen, todo = set(), [i]
+    while todo:
+        j = todo.pop()
+        n = g.nodes[j]
+        if j in seen or j == kern.anchor or n.op in LEAF or n.op is Op.GET:
+            continue
+        if plan.home.get(j) not in (k, None):
+            continue  # stored by another kernel
+        if n.op not in ELEMENTWISE | MOVEMENT:
+            return REMAT_CHAIN + 1
+        seen.add(j)
+        todo.extend(n.srcs)
+    return sum(1 for j in seen if g.nodes[j].op in ELEMENTWISE)
 
 
 # Recomputing an unstored value in every kernel that reads it is free for a
