@@ -33,12 +33,14 @@ class Tally:
 
     kind: str
     counts: Counter[Outcome] = field(default_factory=Counter)
+    per_failure: Counter[str] = field(default_factory=Counter)
     first: dict[str, tuple[Result, Callable[[str], Result], str]] = field(default_factory=dict)
 
     def add(self, result: Result, rerun: Callable[[str], Result], src: str) -> None:
         self.counts[result.outcome] += 1
-        if result.failed and result.signature not in self.first:
-            self.first[result.signature] = (result, rerun, src)
+        if result.failed:
+            self.per_failure[result.signature] += 1
+            self.first.setdefault(result.signature, (result, rerun, src))
 
     def line(self) -> str:
         parts = ", ".join(f"{o.value} {self.counts[o]}" for o in Outcome)
@@ -81,7 +83,9 @@ def failures(tally: Tally, shrink: bool = True) -> Iterator[tuple[str, Result, s
         if rerun(src).signature != sig:
             sig += " (did not reproduce)"
         elif shrink:
-            src = minimize(src, lambda s, sig=sig, rerun=rerun: rerun(s).signature == sig)
+            # a trial that still hangs costs the whole time limit: fewer of them
+            budget = 20 if result.outcome is Outcome.HANG else 200
+            src = minimize(src, lambda s, sig=sig, rerun=rerun: rerun(s).signature == sig, budget)
         yield sig, result, src
 
 
@@ -94,7 +98,9 @@ def report(tallies: list[Tally], shrink: bool = True) -> int:
         for sig, result, src in failures(t, shrink):
             known = sig in KNOWN
             unknown += not known and not sig.endswith("(did not reproduce)")
-            print(f"\n=== {t.kind}: {sig}{' (known, open)' if known else ''}\n{result.detail}")
+            n = t.per_failure[sig.removesuffix(" (did not reproduce)")]
+            print(f"\n=== {t.kind}, {n} cases: {sig}{' (known, open)' if known else ''}\n"
+                  f"{result.detail}")
             print(f"--- reproducer ---\n{src}")
     return unknown
 
