@@ -119,8 +119,16 @@ def score_region(g: Graph, m: Match) -> tuple[Graph, list[int]]:
 
 
 def _index_only(g: Graph, i: int) -> bool:
-    n = g.nodes[i]
-    return n.op in INDEX_ONLY and all(_index_only(g, s) for s in n.srcs)
+    """Is node i computed from constants, iotas and dims alone?"""
+    todo, seen = [i], set()
+    while todo:
+        j = todo.pop()
+        if j not in seen:
+            if g.nodes[j].op not in INDEX_ONLY:
+                return False
+            seen.add(j)
+            todo.extend(g.nodes[j].srcs)
+    return True
 
 
 def _copy_into(b: Builder, g: Graph, i: int, env: dict[int, int]) -> None:
