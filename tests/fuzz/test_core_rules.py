@@ -2,7 +2,7 @@
 
 Each test pins one rule whose operator or check could be flipped without any
 other test in its target's subset noticing: the dtype checks of mean, rand and
-stop_grad and the arithmetic of pad lengths (shape rules), and three refusals
+stop_grad and the arithmetic of pad lengths (shape rules), and four refusals
 of the fusion decision.
 """
 
@@ -87,3 +87,10 @@ def test_no_join_makes_two_kernels_wait_for_each_other():
                               ("pointwise", ["mul"])]
     assert "joining would make two kernels wait for each other" in [
         why for _, _, why in plan.unfused]
+
+
+def test_argmax_does_not_join_another_reduction():
+    plan = _plan("let m = max(x, axis=1); return to_float(argmax(x, axis=1)) + m", "x: f32[4, 8]")
+    homes = {op: k for k, (_, ops) in enumerate(_kernels(plan)) for op in ops
+             if op in ("max", "argmax")}
+    assert homes["max"] != homes["argmax"]
