@@ -22,6 +22,7 @@ from ember.ir import dims
 from ember.ir.dims import Shape
 from ember.ir.dtypes import DType
 from ember.ir.graph import Graph, Node, walk_nodes
+from ember.ir.loc import deep_recursion
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan, fuse
 
@@ -130,9 +131,11 @@ class _State:
 def emit_triton(g: Graph, fused: bool = True, precision: str = "ieee",
                 title: str = "") -> Module:
     """Generate the module for graph g."""
-    plan = fuse(g, enabled=fused)
-    state = _State(precision, symbols=_all_symbols(g))
-    body = _launcher(plan, state)
+    with deep_recursion(f"'{g.name}' has an expression too long to generate one kernel "
+                        f"for; split it with intermediate `let` values"):
+        plan = fuse(g, enabled=fused)
+        state = _State(precision, symbols=_all_symbols(g))
+        body = _launcher(plan, state)
     codes = list(state.kernels.values())
     kernels = "\n\n".join(k.source for k in codes)
     header = _header(g, title, state)

@@ -239,7 +239,9 @@ def _rand(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
     steps = "".join(f"{w.counters.get(s) or w.names[s]}, " for s in n.srcs)
     w.scalars[seed] = f"stream_seed(seed, {n.attrs['stream']!r}, ({steps}))"
     flat = ix.linear(idx, n.tensor.shape)
-    return w.let(w.fresh(f"rand{i}"), f"tl.rand({seed}, {flat.text})", flat.axes, i)
+    # a constant offset (a 0-d draw) as a tensor: the interpreter's tl.rand needs one
+    offset = flat.text if flat.axes else f"tl.full((), {flat.text}, tl.int32)"
+    return w.let(w.fresh(f"rand{i}"), f"tl.rand({seed}, {offset})", flat.axes, i)
 
 
 def _reshape(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:

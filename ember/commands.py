@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ember.ir.graph import Graph
-from ember.ir.loc import DSLError
+from ember.ir.loc import DSLError, deep_recursion
 from ember.ir.printer import print_graph
 from ember.lang import ast
 from ember.lang.astprint import format_ast
@@ -31,7 +31,8 @@ def _options(args: argparse.Namespace) -> Options:
 def compile_cmd(args: argparse.Namespace) -> int:
     program = api.parse_file(args.model)
     if args.emit == "ast":
-        print(format_ast(program))
+        with deep_recursion("the syntax tree is nested too deeply to print"):
+            print(format_ast(program))
         return 0
     stage = args.emit if args.emit in IR_STAGES else "opt"
     if stage == "grad" and not args.grad:
@@ -126,8 +127,9 @@ def _summary(name: str, v: np.ndarray) -> str:
     if v.size == 0:
         return f"{name}: {v.dtype} {shape} (empty)"
     f = v.astype(np.float64)
-    return (f"{name}: {v.dtype} {shape}  min {f.min():.6g}  max {f.max():.6g}  "
-            f"mean {f.mean():.6g}  std {f.std():.6g}")
+    with np.errstate(all="ignore"):  # inf - inf in the std of an output holding inf
+        return (f"{name}: {v.dtype} {shape}  min {f.min():.6g}  max {f.max():.6g}  "
+                f"mean {f.mean():.6g}  std {f.std():.6g}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -6,6 +6,9 @@ Every AST node and every IR node carries a `Loc`, so an error found in any pass
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -56,3 +59,18 @@ class DSLError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+@contextmanager
+def deep_recursion(too_deep: str) -> Iterator[None]:
+    """Room for recursive walks over long chains (a 500-term sum is one
+    chain of 500 nodes); past that, a DSLError saying `too_deep`, never a
+    traceback."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 50_000))
+    try:
+        yield
+    except RecursionError:
+        raise DSLError(too_deep) from None
+    finally:
+        sys.setrecursionlimit(old)

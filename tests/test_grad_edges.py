@@ -56,3 +56,4 @@ def test_max_pool_grad_never_routes_to_padding() -> None:
     torch.nn.functional.max_pool2d(t, 2, 2, 1).backward(torch.tensor(dy))
     assert t.grad is not None
     np.testing.assert_array_equal(got, t.grad.numpy())
+
