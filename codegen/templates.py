@@ -204,7 +204,7 @@ def _persistent(w: KernelWriter, rs: _Rows) -> None:
 
 def _reduce_block(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -> Ix:
     n = w.g.nodes[i]
-    v = w.value(n.srcs[0], full_idx)
+    v = _as_tile(w, w.value(n.srcs[0], full_idx))
     dtype = w.dtype(n.srcs[0])
     nan = dtype.is_float and n.op in NAN_OPS
     # NaN lanes are left out (an all-NaN tile would make tl.argmax raise in the
@@ -218,6 +218,14 @@ def _reduce_block(w: KernelWriter, i: int, full_idx: tuple[Ix, ...], n_r: str) -
     if nan:
         _propagate_nan(w, i, v, red)
     return red
+
+
+def _as_tile(w: KernelWriter, v: Ix) -> Ix:
+    """A value constant over the tile (a one-element row) as a tile: the
+    interpreter rejects a scalar operand of `&` beside the block masks."""
+    if v.axes:
+        return v
+    return w.let(w.fresh("tile"), f"tl.where(mask, {v.text}, {v.text})", frozenset({"x", "r"}))
 
 
 def _propagate_nan(w: KernelWriter, i: int, v: Ix, red: Ix) -> None:
@@ -239,7 +247,8 @@ def _looped(w: KernelWriter, rs: _Rows) -> None:
         accs = {i: _acc_init(w, i, rs.n_r) for i in group}
         full_idx = _chunk_loop(w, rs)
         for i in group:
-            _acc_update(w, i, accs[i], w.value(w.g.nodes[i].srcs[0], full_idx), rs.n_r)
+            _acc_update(w, i, accs[i], _as_tile(w, w.value(w.g.nodes[i].srcs[0], full_idx)),
+                        rs.n_r)
         w.pop()
         for i in group:
             w.remember(i, rs.row_index(w.shape(i)), _acc_finish(w, i, accs[i], rs.n_r))

@@ -143,8 +143,10 @@ def pool(w: KernelWriter) -> Launch:
     w.depth += 1
     w.line(f"for j in tl.static_range({_taps(ow, kw, pw, W)}):")
     w.push()
-    ih = w.let("ih", _coord(oh, sh, ph, Ix("i"), 1), frozenset("x"))
-    iw = w.let("iw", _coord(ow, sw, pw, Ix("j"), 1), frozenset("x"))
+    # a coordinate constant over the block (a size-1 output dim) is a scalar:
+    # its axes say so, or a load would pair a scalar address with a block mask
+    ih = w.let("ih", _coord(oh, sh, ph, Ix("i"), 1), oh.axes)
+    iw = w.let("iw", _coord(ow, sw, pw, Ix("j"), 1), ow.axes)
     # a constant coordinate needs no test: _taps kept its taps inside
     tests = _bound_tests([(ih, H, ph if oh.axes else 0, True), (iw, W, pw if ow.axes else 0, True)])
     if tests:

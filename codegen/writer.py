@@ -291,6 +291,8 @@ def _at_row(w: KernelWriter, src: int, row: Ix, rows: Dim, idx: tuple[Ix, ...]) 
 
 
 def _concat(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
+    if len(n.srcs) == 1:  # concat of one tensor (its axis may be symbolic)
+        return w.value(n.srcs[0], idx)
     axis, at = n.attrs["axis"], idx[n.attrs["axis"]]
     parts, start = [], 0
     for s in n.srcs:

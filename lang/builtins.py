@@ -243,7 +243,7 @@ def concat(em: Any, loc: Loc, *xs: Any, axis: int = 0) -> Tensor:
 def split(em: Any, loc: Loc, x: Any, parts: int, axis: int = -1) -> tuple[Tensor, ...]:
     x = _t(em, x, loc)
     shape = em.type(x).shape
-    ax = normalize_axes((axis,), len(shape))[0]
+    ax = _axes(em, x, axis, loc)[0]
     size = shape[ax]
     if not isinstance(size, int) or _int(parts, "parts", loc) < 1 or size % parts:
         raise DSLError(f"split: axis {ax} of size {size} is not divisible into {parts} parts",

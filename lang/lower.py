@@ -177,6 +177,9 @@ def _sublayer(ctx: Context, inst: Instance, m: ast.SubLayerDef) -> Instance | li
     count = _static_value(ctx, m.count, inst.scope)
     if not isinstance(count, int) or count < 1:
         raise DSLError(f"a layer array needs a positive int count, found {count}", m.count.loc)
+    if count > MAX_LAYERS:
+        raise DSLError(f"a layer array is unrolled, so at most {MAX_LAYERS} layers, "
+                       f"found {count}", m.count.loc)
     return [instantiate(ctx, layer, f"{path}.{k}", m.args, m.kwargs, m.loc, inst.scope)
             for k in range(count)]
 
@@ -285,6 +288,13 @@ def coerce_tensor(em: Emitter, v: Any, loc: Loc) -> Tensor:
     raise DSLError(f"expected a tensor, found {describe(v)}", loc)
 
 
+# No tensor has a dimension this long (2^40 elements); bounding them keeps
+# shape arithmetic within machine integers.
+MAX_DIM = 2**40
+# Layer arrays are unrolled, one instance per element.
+MAX_LAYERS = 10_000
+
+
 def resolve_type(em: Emitter, ann: ast.TypeAnn, binds: dict[str, Dim], fresh: bool,
                  actual: TensorType | None = None) -> TensorType | type:
     """A type annotation as a TensorType; unknown dim names become symbols (entry)
@@ -308,6 +318,8 @@ def resolve_type(em: Emitter, ann: ast.TypeAnn, binds: dict[str, Dim], fresh: bo
         value = as_dim(eval_expr(em, d))
         if value is None:
             raise DSLError("expected a dimension (int or symbol) in the type", d.loc)
+        if isinstance(value, int) and not 0 <= value <= MAX_DIM:
+            raise DSLError(f"a dimension must be between 0 and {MAX_DIM}, found {value}", d.loc)
         shape.append(value)
     return TensorType(tuple(shape), dtype)
 
