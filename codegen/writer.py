@@ -192,7 +192,10 @@ class KernelWriter:
     def load(self, i: int, idx: tuple[Ix, ...]) -> Ix:
         off = self.offset(i, idx)
         ptr = self.pointer(i)
-        mask = self.mask_for(off.axes)
+        # an address constant over the tile is one element inside the buffer
+        # (constant indices, data-dependent ones clamped): it needs no mask, and
+        # a block mask beside a scalar address is an error in Triton
+        mask = self.mask_for(off.axes) if off.axes else ""
         addr = ptr if off.text == "0" else f"{ptr} + {off.text}"
         expr = f"tl.load({addr}, mask={mask}, other=0)" if mask else f"tl.load({addr})"
         v = self.let(self.fresh(self.names[i]), expr, off.axes)

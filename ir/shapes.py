@@ -168,7 +168,8 @@ def slice_length(size: Dim, start: int, stop: Dim, step: int) -> Dim:
         return size
     if not (isinstance(size, int) and isinstance(stop, int)):
         raise ShapeError(f"slicing a symbolic dimension {size} needs the full range ':'")
-    return len(range(*slice(start, stop, step).indices(size)))
+    lo, hi, _ = slice(start, stop, step).indices(size)
+    return max(0, -(-(hi - lo) // step))  # len(range(...)), which overflows past 2^63
 
 
 def _slice(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:

@@ -23,7 +23,7 @@ from ember.ir.ops import Op
 from . import ast
 from .emitter import MISSING, Emitter, Options
 from .exprs import deeper, eval_expr, tensor_results
-from .values import Instance, Method, Tensor, as_dim, describe, dim_value
+from .values import MAX_DIM, Instance, Method, Tensor, as_dim, describe, dim_value
 
 SCALAR_TYPES = {"int": int, "float": float}
 MAX_LAYER_DEPTH = 100
@@ -288,9 +288,6 @@ def coerce_tensor(em: Emitter, v: Any, loc: Loc) -> Tensor:
     raise DSLError(f"expected a tensor, found {describe(v)}", loc)
 
 
-# No tensor has a dimension this long (2^40 elements); bounding them keeps
-# shape arithmetic within machine integers.
-MAX_DIM = 2**40
 # Layer arrays are unrolled, one instance per element.
 MAX_LAYERS = 10_000
 

@@ -14,7 +14,7 @@ from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 
 from . import ast
-from .values import Tensor, as_dim
+from .values import MAX_DIM, Tensor, as_dim
 
 # initializer name -> (min args, max args)
 INITIALIZERS = {
@@ -31,8 +31,9 @@ def param_node(em: Any, pdef: ast.ParamDef) -> Tensor:
     shape = []
     for d in pdef.type.dims or ():
         v = as_dim(eval_expr(scope, d))
-        if not isinstance(v, int) or v < 1:
-            raise DSLError(f"parameter shapes must be positive ints, found {v}", d.loc)
+        if not isinstance(v, int) or not 1 <= v <= MAX_DIM:
+            raise DSLError(f"parameter shapes must be ints from 1 to {MAX_DIM}, found {v}",
+                           d.loc)
         shape.append(v)
     if pdef.type.dims is None:
         raise DSLError(f"parameter '{pdef.name}' needs a tensor type", pdef.type.loc)

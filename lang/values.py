@@ -53,6 +53,11 @@ class Method:
     instance: Instance | None
 
 
+# No tensor has a dimension this long (2^40 elements); bounding them keeps
+# shape arithmetic within machine integers.
+MAX_DIM = 2**40
+
+
 def as_dim(v: Any) -> Dim | None:
     """The Dim a value denotes, or None if it is not a dimension."""
     if isinstance(v, bool):

@@ -57,6 +57,24 @@ model M {
   }
 }
 """, ["run", "--backend", "triton", "--check"], None),
+    "huge hyperparameter in a parameter shape": ("""\
+layer L(n: int) {
+  param w: f32[4 * n] = zeros
+  def forward(x: f32[4]) -> f32[4] { return x }
+}
+model M {
+  layer l: L(9223372036854775808)
+  def forward(x: f32[4]) -> f32[4] { return l(x) }
+}
+""", ["run"], "parameter shapes must be ints from 1 to"),
+    "pool over a size-1 axis, padded, with a broadcast": ("""\
+model M {
+  def forward(x0: f32[B, 7, 1, 5], x3: f32[1, 5]) {
+    let v = dropout(x0, p=0.5) / (1.0 + x3)
+    return max_pool2d(v, (2, 3), stride=(1, 3), padding=(1, 0))
+  }
+}
+""", ["run", "--dims", "B=2", "--train", "--backend", "triton", "--check"], None),
 }
 
 
