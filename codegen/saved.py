@@ -17,30 +17,19 @@ from collections.abc import Mapping
 from ember.ir import dims
 from ember.ir.graph import Graph, TensorType
 from ember.ir.ops import LEAF, Op
-from ember.passes.fuse import Plan
+from ember.passes.fuse import Plan, forward_nodes
 
 
 def saved_activations(plan: Plan, env: Mapping[str, int]) -> dict[str, int]:
     """Bytes of each saved value (named %id), for a graph with grad.* outputs."""
     g = plan.graph
-    n_fwd = sum(1 for name in g.output_names if not name.startswith("grad."))
-    forward = _ancestors(g, g.outputs[:n_fwd])
+    forward = forward_nodes(g)
     saved: set[int] = set()
     for i, n in enumerate(g.nodes):
         if i not in forward and (i in plan.home or n.op is Op.LOOP):
             for s in n.srcs:
                 saved |= {v for v in _stored(plan, s) if _is_forward(g, v, forward)}
     return {f"%{i}": _bytes(g, i, env) for i in sorted(saved)}
-
-
-def _ancestors(g: Graph, roots: tuple[int, ...]) -> set[int]:
-    out, todo = set(), list(roots)
-    while todo:
-        i = todo.pop()
-        if i not in out:
-            out.add(i)
-            todo.extend(g.nodes[i].srcs)
-    return out
 
 
 def _stored(plan: Plan, i: int) -> set[int]:

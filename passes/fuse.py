@@ -382,7 +382,7 @@ REMAT_CHAIN = 8
 
 def _rematerialize(plan: Plan) -> None:
     g = plan.graph
-    forward = _forward_nodes(g)
+    forward = forward_nodes(g)
     if len(forward) == len(g.nodes):
         return
     users = g.users()
@@ -398,7 +398,7 @@ def _rematerialize(plan: Plan) -> None:
                 del plan.home[i]
 
 
-def _forward_nodes(g: Graph) -> set[int]:
+def forward_nodes(g: Graph) -> set[int]:
     """What the graph's own (not `grad.*`) outputs need."""
     out: set[int] = set()
     todo = [o for o, name in zip(g.outputs, g.output_names) if not name.startswith("grad.")]
