@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from ember.ir import dims
 from ember.ir.graph import Graph, TensorType
 from ember.ir.ops import LEAF, Op
-from ember.passes.fuse import Plan, forward_nodes
+from ember.passes.fuse import Plan
+from ember.passes.regroup import forward_nodes
 
 
 def saved_activations(plan: Plan, env: Mapping[str, int]) -> dict[str, int]:

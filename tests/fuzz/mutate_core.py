@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FUSE_DECISION = frozenset({"can_join", "_in_reduce_space", "_reads", "_kernel_deps", "_waits_for",
-                           "_depends_on"})
+FUSE_DECISION = frozenset({"can_join", "_in_reduce_space", "_reads", "kernel_deps", "_waits_for",
+                           "depends_on"})
 # file -> (module name, functions to mutate (None: all), tests that guard it)
 TARGETS: dict[str, tuple[str, frozenset[str] | None, tuple[str, ...]]] = {
     "runtime/oracle.py": ("ember.runtime.oracle", None,
