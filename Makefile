@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[gpu,test]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[gpu,test,train]"
 	touch $(STAMP)
 
 .PHONY: setup demo test lint clean fuzz
