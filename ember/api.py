@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ember.lang.emitter import Options
 from ember.lang.lower import declared_buffers, declared_params, lower
 from ember.lang.parser import parse
 from ember.passes.grad import grad as differentiate
+from ember.passes.optim import OptimizerConfig, freeze, train_step
 from ember.passes.pipeline import PASS_NAMES, optimize
 from ember.passes.shapes import bind_dims
 from ember.runtime import init, oracle
@@ -60,11 +61,7 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
     parameter and to `grad_inputs` (True: every float input), as outputs
     named `grad.<name>`. With strict_dims (the CLI's --dims), a name in `dims`
     that the entry has no dimension of is an error rather than ignored."""
-    g = lower(program, entry, options)
-    if dims:
-        if strict_dims:
-            check_dim_names(g, dims)
-        g = bind_dims(g, dims)
+    g = _lower(program, entry, options, dims, strict_dims)
     if stage == "ir":
         return verify(g)
     if stage in PASS_NAMES:
@@ -78,6 +75,51 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
         if stage == "opt":
             g = optimize(g)
     return verify(g)
+
+
+def _lower(program: ast.Program, entry: str, options: Options,
+           dims: Mapping[str, int] | None, strict_dims: bool) -> Graph:
+    g = lower(program, entry, options)
+    if dims:
+        if strict_dims:
+            check_dim_names(g, dims)
+        g = bind_dims(g, dims)
+    return g
+
+
+def compile_train_step(program: ast.Program, optimizer: OptimizerConfig, entry: str = "loss",
+                       dims: Mapping[str, int] | None = None, float64: bool = False,
+                       frozen: Collection[str] = (), strict_dims: bool = False,
+                       stage: str = "opt", dropout: bool = True) -> Graph:
+    """One whole training step of `entry` (a scalar loss) as a graph:
+    forward in training mode, backward, gradient clipping and the optimizer
+    update (passes/optim.py). `frozen` names parameters left untouched (no
+    gradient is computed for them). stage "step" stops before the final
+    optimization. dropout=False turns dropout off (for comparisons step by step)."""
+    options = Options(train=True, float64=float64, dropout=dropout)
+    g = optimize(_lower(program, entry, options, dims, strict_dims))
+    g = differentiate(freeze(g, frozen), (), _entry_loc(program, entry))
+    g = verify(train_step(g, optimizer))
+    return g if stage == "step" else verify(optimize(g))
+
+
+def init_train_state(step: Graph, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The state a step graph reads: `params` (the model's parameters and
+    buffers by state-dict name) and zeros for optimizer slots not in it."""
+    state = dict(params)
+    for n in walk_nodes(step):
+        name = n.attrs.get("name") if n.op is Op.PARAM else None
+        if name is not None and name.startswith("optim.") and name not in state:
+            state[name] = np.zeros(tuple(int(d) for d in n.tensor.shape), n.tensor.dtype.np)
+    return state
+
+
+def step_scalars(optimizer: OptimizerConfig, lr: float, step: int,
+                 float64: bool = False) -> dict[str, np.ndarray]:
+    """The runtime scalar inputs of optimizer step `step` (1-based)."""
+    dtype = np.float64 if float64 else np.float32
+    return {f"optim.{k}": np.asarray(v, dtype)
+            for k, v in optimizer.scalar_values(lr, step).items()}
 
 
 def _entry_loc(program: ast.Program, entry: str) -> Loc | None:

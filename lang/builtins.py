@@ -408,23 +408,60 @@ def _affine(em: Any, x: Tensor, weight: Any, bias: Any, loc: Loc) -> Tensor:
 
 @builtin
 def batch_norm(em: Any, loc: Loc, x: Any, weight: Any, bias: Any, running_mean: Any,
-               running_var: Any, eps: float = 1e-5) -> Tensor:
-    """Per-channel (axis 1) normalization: batch statistics when training,
-    running statistics in eval mode."""
+               running_var: Any, eps: float = 1e-5, momentum: float = 0.1) -> Tensor:
+    """Per-channel (axis 1) normalization: batch statistics when training (and
+    the running statistics updated from them, as torch), running statistics in
+    eval mode."""
     x = _t(em, x, loc)
     rank = em.type(x).rank
     if rank < 2:
         raise DSLError(f"batch_norm expects [N, C, ...], found {em.type(x)}", loc)
     channel = (1, em.type(x).shape[1]) + (1,) * (rank - 2)
     axes = tuple(a for a in range(rank) if a != 1)
-    stats = None
-    if not em.train:
-        stats = tuple(em.add(Op.RESHAPE, (_t(em, s, loc, x),), {"shape": channel}, loc)
-                      for s in (running_mean, running_var))
-    normed = _normalize(em, x, axes, stats, eps, loc)
+    stats = tuple(em.add(Op.RESHAPE, (_t(em, s, loc, x),), {"shape": channel}, loc)
+                  for s in (running_mean, running_var))
+    if em.train:
+        _update_running_stats(em, x, axes, stats, (running_mean, running_var), momentum, loc)
+    normed = _normalize(em, x, axes, None if em.train else stats, eps, loc)
     w, b = (em.add(Op.RESHAPE, (_t(em, p, loc, x),), {"shape": channel}, loc)
             for p in (weight, bias))
     return _affine(em, normed, w, b, loc)
+
+
+def _update_running_stats(em: Any, x: Tensor, axes: tuple[int, ...], stats: tuple[Tensor, ...],
+                          buffers: tuple[Any, ...], momentum: Any, loc: Loc) -> None:
+    """running = (1 - momentum) * running + momentum * batch statistic, with the
+    unbiased batch variance for running_var (torch.nn.BatchNorm's rule)."""
+    if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+        raise DSLError(f"batch_norm momentum must be a number in [0, 1], found "
+                       f"{describe(momentum)}", loc)
+    names = [em.buffer_name(b) if isinstance(b, Tensor) else None for b in buffers]
+    if None in names:
+        raise DSLError("batch_norm in training mode updates running_mean and running_var: "
+                       "pass them as buffers (`buffer running_mean: f32[c] = zeros`)", loc)
+    n = dims.prod(tuple(em.type(x).shape[a] for a in axes))
+    if n == 1:
+        raise DSLError("batch_norm in training mode needs more than one value per channel "
+                       f"(input {em.type(x)})", loc)
+    mean = _reduce(em, Op.MEAN, x, axes, loc)
+    d = em.add(Op.SUB, (x, mean), {}, loc)
+    var_sum = _reduce(em, Op.SUM, em.add(Op.MUL, (d, d), {}, loc), axes, loc)
+    n_minus_1 = em.add(Op.SUB, (_count(em, n, x, loc), _fconst(em, x, 1.0, loc)), {}, loc)
+    unbiased = em.add(Op.DIV, (var_sum, n_minus_1), {}, loc)
+    for name, old, batch in zip(names, stats, (mean, unbiased)):
+        kept = em.add(Op.MUL, (old, _fconst(em, x, 1.0 - momentum, loc)), {}, loc)
+        new = em.add(Op.ADD, (kept, em.add(Op.MUL, (batch, _fconst(em, x, float(momentum), loc)),
+                                                {}, loc)), {}, loc)
+        shape = em.type(buffers[names.index(name)]).shape
+        em.update_state(name, em.add(Op.RESHAPE, (new,), {"shape": shape}, loc), loc)
+
+
+def _count(em: Any, n: Any, like: Tensor, loc: Loc) -> Tensor:
+    """The element count n (an int or a symbolic dim) as a float scalar of like's dtype."""
+    if isinstance(n, int):
+        return _fconst(em, like, float(n), loc)
+    return em.add(Op.CAST, (em.add(Op.DIM, (), {"dim": n}, loc),), {"dtype": em.type(like).dtype},
+                  loc)
 
 
 @builtin
@@ -434,7 +471,7 @@ def dropout(em: Any, loc: Loc, x: Any, p: float = 0.5) -> Tensor:
     x = _t(em, x, loc)
     if not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise DSLError(f"dropout probability must be in [0, 1), found {p}", loc)
-    if not em.train or p == 0:
+    if not em.train or p == 0 or not em.ctx.options.dropout:
         return x
     shape = em.type(x).shape
     u = em.add(Op.RAND, em.loop_steps(), {"shape": shape, "stream": em.new_stream("dropout")},

@@ -28,6 +28,7 @@ class Options:
     """What the lowering is specialised for."""
 
     train: bool = False      # dropout active, batch norm uses batch statistics
+    dropout: bool = True     # in training mode; off for step-by-step comparisons
     float64: bool = False    # f32 annotations mean float64 (oracle precision runs)
 
 
@@ -41,6 +42,7 @@ class Emitter:
     captures: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     param_nodes: dict[str, Tensor] = field(default_factory=dict)
     step: Tensor | None = None                # this loop body's counter
+    updates: dict[str, Tensor] = field(default_factory=dict)  # state name -> its new value
 
     # ---- building -------------------------------------------------------
     def add(self, op: Op, srcs: tuple[Tensor, ...] = (), attrs: dict[str, Any] | None = None,
@@ -119,6 +121,24 @@ class Emitter:
         if name not in self.param_nodes:
             self.param_nodes[name] = param_node(self, self.instance.params[name])
         return self.param_nodes[name]
+
+    def buffer_name(self, t: Tensor) -> str | None:
+        """The state-dict name of t when it is a buffer read here."""
+        node = self.builder.nodes[t.id]
+        return node.attrs["name"] if node.op is Op.PARAM and node.attrs.get("buffer") else None
+
+    def update_state(self, name: str, value: Tensor, loc: Loc) -> None:
+        """Record a new value for a buffer (batch norm's running statistics);
+        the entry returns it as the output `new.<name>`. Updates are sequential
+        in PyTorch (a layer called twice updates twice, the second from the
+        first); one value per step here, so a second update is refused."""
+        if self.outer is not None:
+            raise DSLError(f"'{name}' is updated inside a loop; a training-mode batch norm "
+                           f"must be outside 'for t in range(...)' loops", loc)
+        if name in self.updates:
+            raise DSLError(f"'{name}' is updated twice in one step (a batch-norm layer "
+                           f"called twice in training mode); call each once", loc)
+        self.updates[name] = value
 
     def capture(self, name: str, outer: Tensor) -> Tensor:
         """Make an outer tensor visible in a loop body as a new body input."""

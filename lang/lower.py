@@ -215,6 +215,8 @@ def lower_entry(ctx: Context, method: Method) -> Graph:
                            f"{a.type.dtype}", a.loc)
     outs = run_body(em, method.fn)
     names = tuple(f"out{k}" for k in range(len(outs))) if len(outs) > 1 else (method.fn.name,)
+    names += tuple(f"new.{name}" for name in em.updates)
+    outs += tuple(em.updates.values())
     return em.builder.build(tuple(inputs), tuple(o.id for o in outs), names)
 
 
@@ -247,10 +249,14 @@ def call_function(em: Emitter, method: Method, args: list[Any], loc: Loc,
         outs = run_body(callee, fn)
     finally:
         em.ctx.calling.pop()
-    body = callee.builder.build(tuple(i.id for _, i in tensor_args), tuple(o.id for o in outs))
+    results = outs + tuple(callee.updates.values())  # state updates leave as extra results
+    body = callee.builder.build(tuple(i.id for _, i in tensor_args), tuple(o.id for o in results))
     attrs = {"fn": callee.builder.name, "prefix": prefix, "body": body}
     call = em.add(Op.CALL, tuple(o for o, _ in tensor_args), attrs, loc)
-    return tuple(em.add(Op.GET, (call,), {"index": k}, loc) for k in range(len(outs)))
+    gets = tuple(em.add(Op.GET, (call,), {"index": k}, loc) for k in range(len(results)))
+    for name, new in zip(callee.updates, gets[len(outs):]):
+        em.update_state(f"{prefix}.{name}" if prefix else name, new, loc)
+    return gets[:len(outs)]
 
 
 def _bind_arg(em: Emitter, callee: Emitter, a: ast.Arg, v: Any, binds: dict[str, Dim],

@@ -55,7 +55,7 @@ def grad(g: Graph, inputs: Sequence[str] = (), where: Loc | None = None) -> Grap
 
 def _params(g: Graph) -> dict[str, int]:
     """Trainable float parameters by name (after inlining and CSE: one PARAM
-    node each); buffers are state, not trained."""
+    node each); buffers are state, not trained, and frozen ones are not."""
     found: dict[str, int] = {}
     for i, n in enumerate(g.nodes):
         if _trainable(n):
@@ -64,7 +64,9 @@ def _params(g: Graph) -> dict[str, int]:
 
 
 def _trainable(n: Node) -> bool:
-    return n.op is Op.PARAM and n.tensor.dtype.is_float and not n.attrs.get("buffer")
+    """Frozen parameters (passes/optim.py freeze) are constants here, as buffers."""
+    return (n.op is Op.PARAM and n.tensor.dtype.is_float and not n.attrs.get("buffer")
+            and not n.attrs.get("frozen"))
 
 
 def _wrt_inputs(g: Graph, names: Sequence[str]) -> dict[str, int]:

@@ -101,7 +101,8 @@ class TorchBatchNorm(nn.Module):
 
     def forward(self, x):
         if self.training:
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=1e-5)
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                training=True, momentum=0.1, eps=1e-5)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=False, eps=1e-5)
 
@@ -294,9 +295,10 @@ def graph(model: str, entry: str, train: bool = False) -> Graph:
 def ember_outputs(model: str, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray],
                   train: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x_name = NAMES[model][0]
-    (logits,) = api.run(graph(model, "forward", train), {x_name: inputs[x_name]}, params,
-                        seed).values()
-    (loss,) = api.run(graph(model, "loss", train), inputs, params, seed).values()
+    # in training mode batch norm also returns its updated running statistics
+    logits = api.run(graph(model, "forward", train), {x_name: inputs[x_name]}, params,
+                     seed)["forward"]
+    loss = api.run(graph(model, "loss", train), inputs, params, seed)["loss"]
     return logits, loss
 
 
@@ -338,20 +340,24 @@ def test_lstm_torch_model_matches_nn_lstm():
 
 
 def test_resnet_train_batch_stats_matches_torch_f64():
-    # In train mode batch_norm never reads the running statistics, so the train
-    # graph does not declare them; take the full set from the eval graph (the
-    # torch module, loaded strictly, needs them) and check the train set is the rest.
+    # In train mode batch_norm normalizes with batch statistics and returns the
+    # running statistics updated from them (`new.<buffer>`), as torch's in-place update.
     params = perturb(api.init_params(graph("resnet", "loss"), seed=4), seed=4)
-    train_names = set(api.init_params(graph("resnet", "loss", True), 0))
-    assert set(params) - train_names == {k for k in params if ".running_" in k}
-    m = torch_model("resnet", params, train=True)
+    assert set(api.init_params(graph("resnet", "loss", True), 0)) == set(params)
     rng = np.random.default_rng(8)
     for b, t in SIZES:
+        m = torch_model("resnet", params, train=True)
         inputs = make_inputs("resnet", rng, b, t)
         logits, loss = ember_outputs("resnet", inputs, params, train=True)
         ref_logits, ref_loss = torch_outputs(m, "resnet", inputs)
         assert rel_err(logits, ref_logits) < TOL64, b
         assert rel_err(loss, ref_loss) < TOL64, b
+        outs = api.run(graph("resnet", "forward", True), {"x": inputs["x"]}, params)
+        buffers = {k: v for k, v in m.state_dict().items() if ".running_" in k}
+        assert sorted(f"new.{k}" for k in buffers) == sorted(o for o in outs if o != "forward")
+        for k, v in buffers.items():
+            assert rel_err(outs[f"new.{k}"], v.numpy()) < TOL64, k
+            assert rel_err(outs[f"new.{k}"], params[k]) > 1e-3, k  # they did move
         # train mode really differs from eval (batch vs running statistics)
         eval_logits, _ = ember_outputs("resnet", inputs, params)
         assert rel_err(eval_logits, ref_logits) > 1e-3
