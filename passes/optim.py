@@ -115,15 +115,15 @@ def train_step(g: Graph, config: OptimizerConfig) -> Graph:
         vals.append(copy_node(b, n, tuple(vals[s] for s in n.srcs)))
     loss = g.nodes[g.outputs[0]]
     e = Emit(b, loss.loc)
-    outs = {name: vals[o] for name, o in zip(g.output_names, g.outputs)}
-    outs = {"loss": outs.pop(g.output_names[0]), **outs}
-    grads = {name.removeprefix("grad."): outs.pop(name) for name in list(outs)
+    forward = {name: vals[o] for name, o in zip(g.output_names, g.outputs)}
+    grads = {name.removeprefix("grad."): forward.pop(name) for name in list(forward)
              if name.startswith("grad.")}
     scalars = {k: e(Op.INPUT, name=f"optim.{k}", shape=(), dtype=loss.tensor.dtype)
                for k in config.scalars}
-    outs["grad_norm"] = global_norm(e, list(grads.values()), loss.tensor.dtype)
+    norm = global_norm(e, list(grads.values()), loss.tensor.dtype)
+    outs = {"loss": forward.pop(g.output_names[0]), "grad_norm": norm, **forward}
     if config.clip is not None:
-        grads = clip(e, grads, outs["grad_norm"], config.clip)
+        grads = clip(e, grads, norm, config.clip)
     params = {n.attrs["name"]: vals[i] for i, n in enumerate(g.nodes) if n.op is Op.PARAM}
     for name, grad in grads.items():
         state = {s: _slot(e, name, s, params[name]) for s in config.slots}

@@ -109,8 +109,9 @@ def test_steps_match_torch_optim_f64(model: str, case: str) -> None:
         assert abs(float(outs["grad_norm"]) - ref_norm) <= TOL * ref_norm, step
     for name, value in m.state_dict().items():
         assert rel_err(state[name], value.numpy()) < TOL, name
-        if not name.endswith("running_var"):
-            assert rel_err(state[name], params[name]) > 1e-6, name  # everything moved
+        # (a key bias cancels out of the softmax: its gradient is zero, SGD leaves it)
+        if not name.endswith(("running_var", "attn.bk")):
+            assert not np.array_equal(state[name], params[name]), name  # everything moved
     for p in m.parameters():
         name = next(k for k, q in m.named_parameters() if q is p)
         for slot, value in opt.state[p].items():
