@@ -1,7 +1,8 @@
 """The `ember` command: `ember compile` prints a stage, `ember run` executes.
 
 Exit codes: 0 ok; 1 a user error (located, printed without a traceback);
-2 a usage error (argparse); 3 an internal compiler error.
+2 a usage error (argparse); 3 an internal compiler error; 130 interrupted
+(`ember train` saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import NoReturn
 from ember.ir.loc import DSLError
 from ember.runtime.files import ensure_distinct, printable
 
-from . import commands
+from . import commands, train_cmd
 from .backends import BACKENDS, DOT_PRECISIONS
 
 # Dims are sizes of real arrays: 2**40 along one axis is already far beyond any
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_seed, default=0,
                    help="seed for parameter init, random inputs and dropout (0)")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write outputs by name")
+    t = sub.add_parser("train", help="train a model (see docs/training.md)")
+    train_cmd.add_arguments(t, dims=_dims, seed=_seed)
     return parser
 
 
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_args(parser, args)
     try:
         _check_files(args)
-        return commands.COMMANDS[args.command](args)
+        return {**commands.COMMANDS, "train": train_cmd.train_cmd}[args.command](args)
     except DSLError as e:
         # like argparse's `ember: error: ...` when there is no source line to point at
         print(("" if e.loc.known else "ember: ") + _render(e), file=sys.stderr)

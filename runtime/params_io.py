@@ -117,7 +117,7 @@ def _safetensors_bytes(params: dict[str, np.ndarray]) -> bytes:
     names = {np.dtype(v): k for k, v in ST_DTYPES.items()}
     header, offset, blobs = {}, 0, []
     for name in sorted(params):
-        a = np.ascontiguousarray(params[name])
+        a = np.ascontiguousarray(params[name]).reshape(np.shape(params[name]))  # keeps 0-d
         data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": names[a.dtype], "shape": list(a.shape),
                         "data_offsets": [offset, offset + len(data)]}
