@@ -110,7 +110,7 @@ class Trainer:
         self.eval_fns = {k: runner(s.backend, g, s.dot_precision, env)
                          for k, g in (("loss", task.loss), ("forward", task.forward)) if g}
         self.log = MetricsLog(s.log, append=self.steps_done > 0)
-        self.saved = "no checkpoint (no --save)"
+        self.saved = "no checkpoint written yet" if s.save else "nothing saved (no --save)"
 
     @property
     def steps_done(self) -> int:
@@ -118,6 +118,9 @@ class Trainer:
 
     def run(self) -> int:
         """Train to the last epoch: 0, or 130 after a Ctrl-C (a checkpoint saved)."""
+        if self.steps_done >= self.s.epochs * self.spe:
+            raise DSLError(f"the run is already at step {self.steps_done}, the end of epoch "
+                           f"{self.s.epochs}; raise --epochs to train on")
         try:
             for epoch in range(self.steps_done // self.spe, self.s.epochs):
                 self._epoch(epoch)
@@ -155,7 +158,7 @@ class Trainer:
         loss = float(outs["loss"])
         if not math.isfinite(loss):
             raise DSLError(f"the loss is {loss} at step {k + 1} (epoch {epoch + 1}); training "
-                           f"stopped. The last good checkpoint is kept: {self.saved}",
+                           f"stopped; the state of this step is not saved ({self.saved})",
                            note="try a lower --lr, --clip 1.0, or check the data")
         new = {k: outs["new." + k] for k in self.state if "new." + k in outs}
         self.state = {**self.state, **new, STEP: np.asarray(k + 1, np.int64)}

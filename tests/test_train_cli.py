@@ -201,3 +201,5 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(
     err = capsys.readouterr().err
     assert "the loss is nan at step 8 (epoch 2); training stopped" in err
     assert "Traceback" not in err and ck.read_bytes() == before
+    assert train(*common, "--epochs", "1", "--resume", str(ck)) == 1
+    assert "already at step 6, the end of epoch 1" in capsys.readouterr().err
