@@ -49,6 +49,14 @@ class Bool(Node):
 
 
 @dataclass(frozen=True)
+class Str(Node):
+    """A string literal such as "reflect" (builtin options only), without its quotes."""
+
+    value: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
 class Name(Node):
     """A reference to a variable, constant, parameter, layer, dim or builtin."""
 
@@ -135,7 +143,7 @@ class Attr(Node):
     loc: Loc
 
 
-Expr = Num | Bool | Name | BinOp | UnaryOp | Call | Index | TupleExpr | Attr
+Expr = Num | Bool | Str | Name | BinOp | UnaryOp | Call | Index | TupleExpr | Attr
 IndexItem = Expr | Slice | EllipsisItem | NewAxis
 
 # ---------------------------------------------------------------------- types

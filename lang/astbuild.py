@@ -281,6 +281,10 @@ class AstBuilder(Transformer_NonRecursive):
     def false(self, meta: Meta, children: list) -> ast.Bool:
         return ast.Bool(False, self._tok(children[0]))
 
+    def string(self, meta: Meta, children: list) -> ast.Str:
+        (tok,) = children
+        return ast.Str(str(tok)[1:-1], self._tok(tok))
+
     def name(self, meta: Meta, children: list) -> ast.Name:
         (tok,) = children
         return ast.Name(str(tok), self._tok(tok))

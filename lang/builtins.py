@@ -230,26 +230,44 @@ def broadcast(em: Any, loc: Loc, x: Any, *shape: Any) -> Tensor:
     return em.add(Op.EXPAND, (_t(em, x, loc),), {"shape": _shape_args(shape, loc)}, loc)
 
 
+def tensors(em: Any, xs: tuple[Any, ...], name: str, loc: Loc) -> tuple[Tensor, ...]:
+    """The tensors of `f(a, b)` or of `f((a, b))` (a tuple, e.g. from split)."""
+    if len(xs) == 1 and isinstance(xs[0], tuple):
+        xs = xs[0]
+    if not xs:
+        raise DSLError(f"{name} needs at least one tensor", loc)
+    return tuple(_t(em, x, loc) for x in xs)
+
+
 @builtin
 def concat(em: Any, loc: Loc, *xs: Any, axis: int = 0) -> Tensor:
-    if not xs:
-        raise DSLError("concat needs at least one tensor", loc)
-    ts = tuple(_t(em, x, loc) for x in xs)
-    ax = normalize_axes((axis,), em.type(ts[0]).rank)[0]
+    ts = tensors(em, xs, "concat", loc)
+    ax = normalize_axes((_int(axis, "axis", loc),), em.type(ts[0]).rank)[0]
     return em.add(Op.CONCAT, ts, {"axis": ax}, loc)
 
 
 @builtin
-def split(em: Any, loc: Loc, x: Any, parts: int, axis: int = -1) -> tuple[Tensor, ...]:
+def split(em: Any, loc: Loc, x: Any, parts: Any, axis: int = -1) -> tuple[Tensor, ...]:
+    """`parts` equal chunks (an int), or chunks of the given sizes (a tuple)."""
     x = _t(em, x, loc)
-    shape = em.type(x).shape
     ax = _axes(em, x, axis, loc)[0]
-    size = shape[ax]
+    size = em.type(x).shape[ax]
+    sizes = _split_sizes(size, parts, ax, loc)
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    return tuple(_slice_axis(em, x, ax, s, s + n, loc) for s, n in zip(starts, sizes))
+
+
+def _split_sizes(size: Dim, parts: Any, ax: int, loc: Loc) -> tuple[int, ...]:
+    if isinstance(parts, tuple):
+        sizes = tuple(_int(p, "a split size", loc) for p in parts)
+        if min(sizes, default=-1) < 0 or sum(sizes) != size:
+            raise DSLError(f"split: sizes {parts} must be non-negative and add up to the size "
+                           f"{size} of axis {ax}", loc)
+        return sizes
     if not isinstance(size, int) or _int(parts, "parts", loc) < 1 or size % parts:
         raise DSLError(f"split: axis {ax} of size {size} is not divisible into {parts} parts",
                        loc)
-    step = size // parts
-    return tuple(_slice_axis(em, x, ax, k * step, (k + 1) * step, loc) for k in range(parts))
+    return (size // parts,) * parts
 
 
 def _slice_axis(em: Any, x: Tensor, axis: int, start: int, stop: int, loc: Loc,
@@ -467,12 +485,15 @@ def _count(em: Any, n: Any, like: Tensor, loc: Loc) -> Tensor:
 @builtin
 def dropout(em: Any, loc: Loc, x: Any, p: float = 0.5) -> Tensor:
     """Identity in eval mode; when training, keep each element with probability 1-p
-    (mask drawn by RAND, see runtime/rand.py) and scale kept ones by 1/(1-p)."""
+    (mask drawn by RAND, see runtime/rand.py) and scale kept ones by 1/(1-p);
+    p = 1 drops everything: x * 0, as torch (so inf and NaN become NaN)."""
     x = _t(em, x, loc)
-    if not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise DSLError(f"dropout probability must be in [0, 1), found {p}", loc)
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+        raise DSLError(f"dropout probability must be in [0, 1], found {describe(p)}", loc)
     if not em.train or p == 0 or not em.ctx.options.dropout:
         return x
+    if p == 1:
+        return em.add(Op.MUL, (x, _fconst(em, x, 0.0, loc)), {}, loc)
     shape = em.type(x).shape
     u = em.add(Op.RAND, em.loop_steps(), {"shape": shape, "stream": em.new_stream("dropout")},
                loc)
@@ -488,21 +509,6 @@ def conv2d(em: Any, loc: Loc, x: Any, w: Any, stride: Any = 1, padding: Any = 0,
              "padding": _pair(padding, "padding", loc, least=0),
              "dilation": _pair(dilation, "dilation", loc), "groups": _int(groups, "groups", loc)}
     return em.add(Op.CONV2D, (_t(em, x, loc), _t(em, w, loc)), attrs, loc)
-
-
-def _pool_builtin(name: str, op: Op) -> None:
-    def fn(em: Any, loc: Loc, x: Any, kernel: Any, stride: Any = None,
-           padding: Any = 0) -> Tensor:
-        k = _pair(kernel, "kernel", loc)
-        attrs = {"kernel": k, "stride": k if stride is None else _pair(stride, "stride", loc),
-                 "padding": _pair(padding, "padding", loc, least=0)}
-        return em.add(op, (_t(em, x, loc),), attrs, loc)
-    fn.__name__ = name
-    builtin(fn)
-
-
-_pool_builtin("max_pool2d", Op.MAX_POOL2D)
-_pool_builtin("avg_pool2d", Op.AVG_POOL2D)
 
 
 @builtin
@@ -545,3 +551,7 @@ def mse(em: Any, loc: Loc, pred: Any, target: Any) -> Tensor:
     d = binary(em, "-", pred, target, loc)
     sq = em.add(Op.MUL, (d, d), {}, loc)
     return em.add(Op.MEAN, (sq,), {"axes": tuple(range(em.type(sq).rank)), "keepdims": False}, loc)
+
+
+# The other builtins register themselves on import (after everything above exists).
+from . import layout_builtins, math_builtins, nn_builtins  # noqa: E402, F401, I001

@@ -76,6 +76,8 @@ def _name(em: Any, e: ast.Name) -> Any:
     from .builtins import BUILTINS
     v = em.find(e.id)
     if v is _missing():
+        if e.id == "inf":  # a literal unless a definition shadows it, as Python's math.inf
+            return math.inf
         if e.id in BUILTINS:
             raise DSLError(f"builtin '{e.id}' must be called, e.g. {e.id}(...)", e.loc)
         em.lookup(e.id, e.loc)
@@ -172,8 +174,9 @@ def _operand(v: int | float) -> str:
 
 
 def _tensor_binop(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Tensor:
-    if op not in TENSOR_BINOPS:
-        raise DSLError(f"operator '{op}' applies to ints only, found a tensor", loc)
+    if op in ("//", "%"):
+        from .builtins import call_builtin
+        return call_builtin(em, "floor_divide" if op == "//" else "remainder", [a, b], {}, loc)
     ta, tb = as_tensor(em, a, b, loc), as_tensor(em, b, a, loc)
     return em.add(TENSOR_BINOPS[op], (ta, tb), {}, loc)
 
@@ -270,7 +273,7 @@ def tensor_results(em: Any, ret: ast.Return) -> tuple[Tensor, ...]:
 
 
 _RULES: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Num: _num, ast.Bool: _num, ast.Name: _name, ast.TupleExpr: _tuple,
+    ast.Num: _num, ast.Bool: _num, ast.Str: _num, ast.Name: _name, ast.TupleExpr: _tuple,
     ast.UnaryOp: _operators, ast.BinOp: _operators, ast.Attr: _attr, ast.Call: _call,
     ast.Index: _index,
 }

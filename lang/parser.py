@@ -153,6 +153,7 @@ def _unclosed_message(opener: Token) -> str:
 _TERMINAL_NAMES = {
     "NAME": "a name",
     "NUMBER": "a number",
+    "STRING": "a string",
     "_SEP": "end of line",
     "$END": "end of file",
 }
@@ -160,7 +161,7 @@ _TERMINAL_NAMES = {
 # Tokens that can start an expression / continue one; listed individually they
 # would drown the message, so each complete set is summarised as one phrase.
 # The two sets are never expected together ('-' is in both, unary vs binary).
-_EXPR_START = frozenset({"NAME", "NUMBER", "TRUE", "FALSE", "LPAR", "MINUS"})
+_EXPR_START = frozenset({"NAME", "NUMBER", "STRING", "TRUE", "FALSE", "LPAR", "MINUS"})
 _BINARY_OPS = frozenset(
     {"PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "AT", "PERCENT", "POW"}
     | {"LT", "LE", "GT", "GE", "EQ", "NE"}

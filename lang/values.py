@@ -114,6 +114,8 @@ def describe(v: Any) -> str:
         return f"a tuple of {len(v)} values"
     if isinstance(v, bool):
         return "a boolean"
+    if isinstance(v, str):
+        return f'the string "{v}"'
     if isinstance(v, (int, float)):
         return f"the number {show_number(v)}"
     return "a tensor"

@@ -75,17 +75,22 @@ class TorchMlp(nn.Module):
 
 
 class TorchLeNet(nn.Module):
+    P_DROP = 0.25
+
     def __init__(self):
         super().__init__()
-        self.conv1_w, self.conv1_b = _param(6, 1, 3, 3), _param(6)
-        self.conv2_w, self.conv2_b = _param(16, 6, 3, 3), _param(16)
-        self.fc1_w, self.fc1_b = _param(64, 32), _param(32)
-        self.fc2_w, self.fc2_b = _param(32, 10), _param(10)
+        self.conv1_w, self.conv1_b = _param(32, 1, 3, 3), _param(32)
+        self.conv2_w, self.conv2_b = _param(64, 32, 3, 3), _param(64)
+        self.fc1_w, self.fc1_b = _param(256, 128), _param(128)
+        self.fc2_w, self.fc2_b = _param(128, 10), _param(10)
+        self.keep = None  # bool [B, 128] dropout keep-mask, used when training
 
     def forward(self, x):
         h = F.max_pool2d(F.relu(F.conv2d(x, self.conv1_w, self.conv1_b, padding=1)), 2)
         h = F.max_pool2d(F.relu(F.conv2d(h, self.conv2_w, self.conv2_b, padding=1)), 2)
         h = F.relu(torch.flatten(h, 1) @ self.fc1_w + self.fc1_b)
+        if self.training:
+            h = torch.where(self.keep, h / (1 - self.P_DROP), torch.zeros_like(h))
         return h @ self.fc2_w + self.fc2_b
 
 
