@@ -120,3 +120,30 @@ def gate_tile(n: int) -> int:
     """M or N tile of a gated GEMM: one fp32 accumulator per gate lives in
     registers, so tiles stay at most 32 x 32 (4 gates: 32 registers/thread)."""
     return min(32, max(16, next_pow2(n)))
+
+
+#: Elements per program of a multi-tensor (foreach) kernel.
+FOREACH_BLOCK = 1024
+
+
+def foreach_programs(numels: tuple[int, ...], block: int) -> int:
+    """Programs of a multi-tensor kernel: each group's elements in whole blocks."""
+    return sum(-(-int(n) // block) for n in numels)
+
+
+def foreach_table(rows: list[list], block: int):  # noqa: ANN201 - a torch.Tensor
+    """A multi-tensor kernel's table (codegen/foreach.py): per group its first
+    program, its element count and each tensor's offset in elements from the
+    same column's group-0 tensor."""
+    import torch
+    bases = rows[0]
+    table, first = [], 0
+    for row in rows:
+        offsets = []
+        for t, base in zip(row, bases):
+            if not t.is_contiguous() or t.dtype != base.dtype:
+                raise ValueError("foreach tensors must be contiguous, one dtype per column")
+            offsets.append((t.data_ptr() - base.data_ptr()) // t.element_size())
+        table.append([first, row[0].numel(), *offsets])
+        first += -(-row[0].numel() // block)
+    return torch.tensor(table, dtype=torch.int64, device=bases[0].device)

@@ -29,6 +29,7 @@ from ember.passes.fuse import Kernel, Plan, fuse
 from . import canon
 from .checks import BOUNDS, HEADER, Site, launcher_lines
 from .flash_bwd import attention_dkdv, attention_dq
+from .foreach import foreach, setup_lines
 from .fused import attention, gates
 from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
@@ -38,7 +39,8 @@ from .writer import KernelWriter, sanitize
 
 TEMPLATES = {"pointwise": pointwise, "reduce": reduce, "matmul": matmul, "conv": conv,
              "pool": pool, "pool_grad": pool_grad, "attention": attention, "gates": gates,
-             "attention_dkdv": attention_dkdv, "attention_dq": attention_dq}
+             "attention_dkdv": attention_dkdv, "attention_dq": attention_dq,
+             "foreach": foreach}
 TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "i32": "torch.int32",
                "i64": "torch.int64", "bool": "torch.bool"}
 
@@ -312,15 +314,18 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     code, g = site.code, plan.graph
     ops = [f"%{i} {g.nodes[i].op.value}" for i in sorted(kern.nodes)]
     lines = [f"{pad}# {part}" for part in _packed(ops, 98 - len(pad))]
-    buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)
-               for o in kern.outputs] + [
+    own = [] if kern.kind == "foreach" else [  # its table is built below
         e for e in site.extras.values() if not e[0].startswith(BOUNDS)]
+    buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)
+               for o in kern.outputs] + own
     for var, shape, dtype in buffers:
         dims_text = ", ".join(dim_text(d) for d in shape) + ("," if len(shape) == 1 else "")
         lines.append(f"{pad}{var} = {state.views[var]}" if var in state.views else
                      f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
     consts = code.launch.constexprs
     lines.append(f"{pad}{', '.join(consts)} = {', '.join(consts.values())}")
+    if kern.kind == "foreach":
+        lines += setup_lines(plan, kern, names, pad)
     grid = ", ".join(code.launch.grid) + ("," if len(code.launch.grid) == 1 else "")
     bound = {**{p: names[i] for p, i in site.pointers.items()},
              **{p: var for p, (var, _, _) in site.extras.items()}, **site.scalars}
@@ -329,7 +334,10 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     if code.launch.num_warps != "4":
         args.append(f"num_warps={code.launch.num_warps}")
     lines.append(wrap_call(f"{pad}{code.name}[({grid})](", args, ")", pad))
-    reads = {names[i] for i in site.pointers.values()} - {names[o] for o in kern.outputs}
+    read = list(site.pointers.values())
+    if kern.kind == "foreach":  # every group's operands, through the table
+        read += [s for s in g.nodes[kern.anchor].srcs if s in names]
+    reads = {names[i] for i in read} - {names[o] for o in kern.outputs}
     return lines, reads, {names[o] for o in kern.outputs}
 
 

@@ -298,16 +298,33 @@ def _concat(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:
         return w.value(n.srcs[0], idx)
     axis, at = n.attrs["axis"], idx[n.attrs["axis"]]
     parts, start = [], 0
-    for s in n.srcs:
+    for k, s in enumerate(n.srcs):
         size = w.shape(s)[axis]
         local = Ix(f"tl.minimum(tl.maximum({at.text} - {start}, 0), {size - 1})", at.axes)
-        parts.append((start + size, w.value(s, idx[:axis] + (local,) + idx[axis + 1:])))
+        parts.append((start + size, _in_segment(w, s, idx[:axis] + (local,) + idx[axis + 1:],
+                                                at, start if k else None, start + size)))
         start += size
     expr = parts[-1][1].text
     for end, v in reversed(parts[:-1]):
         expr = f"tl.where({at.text} < {end}, {v.text}, {expr})"
     axes = at.axes.union(*(v.axes for _, v in parts))
     return w.let(w.fresh(f"concat{i}"), expr, axes, i)
+
+
+def _in_segment(w: KernelWriter, src: int, idx: tuple[Ix, ...], at: Ix, start: int | None,
+                end: int) -> Ix:
+    """A concat operand's value, its loads masked to the lanes whose index `at`
+    falls in [start, end): each lane reads memory for one operand only (a flat
+    concat of many gradients stays one load per element)."""
+    if not at.axes:
+        return w.value(src, idx)
+    lo = "" if start is None else f"({at.text} >= {start}) & "
+    saved = w.extra_mask
+    w.extra_mask = " & ".join(filter(None, [saved, f"{lo}({at.text} < {end})"]))
+    try:
+        return w.value(src, idx)
+    finally:
+        w.extra_mask = saved
 
 
 def _pad(w: KernelWriter, i: int, n: Node, idx: tuple[Ix, ...]) -> Ix:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ember.ir.loc import DSLError
+from ember.passes.optim import OPTIMIZERS
 from ember.runtime.files import ensure_distinct, printable
 
 from . import commands, train_cmd
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--emit triton: write the kernel module to DIR")
     c.add_argument("--target", choices=("sm_90",),
                    help="compile every kernel ahead of time for this GPU (no GPU needed)")
+    c.add_argument("--train-step", choices=OPTIMIZERS, metavar="OPTIMIZER",
+                   help="compile one whole training step of the entry (a scalar loss): "
+                        "forward, backward and this optimizer's update (sgd, adam, adamw)")
     r = sub.add_parser("run", help="run a model function")
     _common(r)
     r.add_argument("--backend", choices=BACKENDS, default="auto",

@@ -13,6 +13,7 @@ from ember.ir.printer import print_graph
 from ember.lang import ast
 from ember.lang.astprint import format_ast
 from ember.lang.emitter import Options
+from ember.passes.optim import OptimizerConfig
 from ember.passes.pipeline import PASS_NAMES
 from ember.runtime.files import write_atomic
 from ember.runtime.inputs import draw_inputs, ensure_fits, load_inputs
@@ -73,8 +74,23 @@ def _compile(program: ast.Program, args: argparse.Namespace, stage: str = "opt")
         raise DSLError("--save-grads needs --grad")
     if args.grad_inputs and not args.grad:
         raise DSLError("--grad-inputs needs --grad")
+    if getattr(args, "train_step", None):
+        return _compile_step(program, args, stage)
     return api.compile_program(program, args.entry, stage, _options(args), args.dims,
                                grad=args.grad, grad_inputs=args.grad_inputs, strict_dims=True)
+
+
+def _compile_step(program: ast.Program, args: argparse.Namespace, stage: str) -> Graph:
+    """`--train-step OPT`: the whole step with the optimizer's default settings
+    (its hyperparameters change constants, not the kernels' structure)."""
+    if args.grad or args.train:
+        raise DSLError("--train-step compiles the training-mode forward and the gradients "
+                       "itself: drop --grad and --train")
+    if stage not in ("opt", "step"):
+        raise DSLError(f"--train-step shows the step graph (--emit opt) or its kernels, "
+                       f"not --emit {stage}")
+    return api.compile_train_step(program, OptimizerConfig(args.train_step), args.entry,
+                                  args.dims, float64=args.precision == "f64", strict_dims=True)
 
 
 def _save_grads(args: argparse.Namespace, program: ast.Program, g: Graph,

@@ -94,6 +94,13 @@ class Op(Enum):
     # (logits, d scores), the score_mod and its derivative.
     ATTENTION_GRAD = "attention_grad"
 
+    # the same elementwise region applied to `groups` groups of `arity`
+    # same-shaped tensors (a multi-tensor kernel: the optimizer's update of
+    # every parameter in one launch). srcs: group-major operands, then shared
+    # 0-d scalars; `body` maps 0-d (operands..., scalars...) to 0-d results;
+    # the node yields, group by group, each result at the group's shape.
+    FOREACH = "foreach"
+
     # structure: regions holding a body Graph; results are read with GET.
     # LOOP is a scan: srcs (carries, xs, captured); the body takes (t, carries,
     # x_t, captured) and returns (carries, y_t); the node yields (carries, ys)

@@ -353,6 +353,28 @@ def _attention_grad(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
     return ins[0], ins[1], ins[2]
 
 
+def _foreach(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
+    """Each group's results, at the group's shape, in group order."""
+    body, groups, arity = attrs["body"], attrs["groups"], attrs["arity"]
+    if groups * arity > len(ins) or any(t.shape != () for t in ins[groups * arity:]):
+        raise ShapeError(f"foreach takes {groups} groups of {arity} tensors, then 0-d "
+                         f"scalars, found {', '.join(map(str, ins))}")
+    out: list[TensorType] = []
+    for k in range(groups):
+        group = ins[k * arity:(k + 1) * arity]
+        if any(t.shape != group[0].shape for t in group):
+            raise ShapeError(f"foreach group {k} mixes shapes: {', '.join(map(str, group))}")
+        out += [_t(group[0].shape, body[o].tensor.dtype) for o in body.outputs]
+    return tuple(out)
+
+
+def foreach_body_inputs(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """What a foreach region takes: each operand of a group as a 0-d value, then
+    the scalars."""
+    arity, scalars = attrs["arity"], ins[attrs["groups"] * attrs["arity"]:]
+    return [_t((), t.dtype) for t in ins[:arity]] + list(scalars)
+
+
 def _region(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
     body = attrs["body"]
     return tuple(body[o].tensor for o in body.outputs)
@@ -384,5 +406,5 @@ shape_rules: dict[Op, Any] = {
     Op.MATMUL: _matmul, Op.CONV2D: _conv2d, Op.MAX_POOL2D: _pool, Op.AVG_POOL2D: _pool,
     Op.MAX_POOL2D_GRAD: _pool_grad,
     Op.ATTENTION: _attention, Op.ATTENTION_GRAD: _attention_grad,
-    Op.CALL: _region, Op.LOOP: _scan, Op.GET: _get,
+    Op.CALL: _region, Op.LOOP: _scan, Op.GET: _get, Op.FOREACH: _foreach,
 }

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from .dtypes import DType
 from .graph import Graph, Node, ShapeError, TensorType, Type
-from .ops import ATTENTION_OPS, Op
-from .shapes import score_inputs, shape_rules
+from .ops import ATTENTION_OPS, ELEMENTWISE, Op
+from .shapes import foreach_body_inputs, score_inputs, shape_rules
 
 
 class VerifyError(Exception):
@@ -78,10 +78,21 @@ def _check_region(g: Graph, i: int) -> None:
         passed = _scan_passes(n, passed, body, where)
     elif n.op in ATTENTION_OPS:
         passed = list(score_inputs(n.op, [g.nodes[s].tensor for s in n.srcs]))
+    elif n.op is Op.FOREACH:
+        passed = list(foreach_body_inputs([g.nodes[s].tensor for s in n.srcs], n.attrs))
+        _check_elementwise(body, where)
     received = [body.nodes[b].type for b in body.inputs]
     if received != passed:
         raise VerifyError(f"{where} passes {_types(passed)} but its body takes "
                           f"{_types(received)}")
+
+
+def _check_elementwise(body: Graph, where: str) -> None:
+    """A foreach region is one scalar function: elementwise ops and constants."""
+    for k, m in enumerate(body.nodes):
+        if m.op not in ELEMENTWISE | {Op.INPUT, Op.CONST} or m.tensor.shape != ():
+            raise VerifyError(f"{where}: its region's %{k} ({m.op.value} {m.type}) is not "
+                              f"an elementwise op on scalars")
 
 
 def _scan_passes(n: Node, passed: list[Type], body: Graph, where: str) -> list[Type]:

@@ -453,14 +453,13 @@ def _update_running_stats(em: Any, x: Tensor, axes: tuple[int, ...], stats: tupl
     if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
         raise DSLError(f"batch_norm momentum must be a number in [0, 1], found "
                        f"{describe(momentum)}", loc)
-    names = [em.buffer_name(b) if isinstance(b, Tensor) else None for b in buffers]
-    if None in names:
-        raise DSLError("batch_norm in training mode updates running_mean and running_var: "
-                       "pass them as buffers (`buffer running_mean: f32[c] = zeros`)", loc)
     n = dims.prod(tuple(em.type(x).shape[a] for a in axes))
     if n == 1:
         raise DSLError("batch_norm in training mode needs more than one value per channel "
                        f"(input {em.type(x)})", loc)
+    names = _running_stat_names(em, buffers, loc)
+    if names is None:
+        return
     mean = _reduce(em, Op.MEAN, x, axes, loc)
     d = em.add(Op.SUB, (x, mean), {}, loc)
     var_sum = _reduce(em, Op.SUM, em.add(Op.MUL, (d, d), {}, loc), axes, loc)
@@ -472,6 +471,23 @@ def _update_running_stats(em: Any, x: Tensor, axes: tuple[int, ...], stats: tupl
                                                 {}, loc)), {}, loc)
         shape = em.type(buffers[names.index(name)]).shape
         em.update_state(name, em.add(Op.RESHAPE, (new,), {"shape": shape}, loc), loc)
+
+
+def _running_stat_names(em: Any, stats: tuple[Any, ...], loc: Loc) -> list[str] | None:
+    """The buffers batch norm updates; None for plain tensors (an entry's
+    inputs: batch statistics, nothing to update). A trainable parameter, or
+    one buffer beside a plain tensor, would silently lose the update: an error."""
+    params = [em.param_name(t) if isinstance(t, Tensor) else None for t in stats]
+    names = [em.buffer_name(t) if isinstance(t, Tensor) else None for t in stats]
+    for p, b in zip(params, names):
+        if p is not None and b is None:
+            raise DSLError(f"'{p}' is a trainable parameter, but batch_norm updates its "
+                           f"running statistics in training mode: declare it `buffer {p}: ...`",
+                           loc)
+    if None in names and names != [None, None]:
+        raise DSLError("batch_norm's running_mean and running_var must both be buffers "
+                       "(or both plain tensors)", loc)
+    return None if None in names else [str(b) for b in names]
 
 
 def _count(em: Any, n: Any, like: Tensor, loc: Loc) -> Tensor:

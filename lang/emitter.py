@@ -28,8 +28,8 @@ class Options:
     """What the lowering is specialised for."""
 
     train: bool = False      # dropout active, batch norm uses batch statistics
-    dropout: bool = True     # in training mode; off for step-by-step comparisons
     float64: bool = False    # f32 annotations mean float64 (oracle precision runs)
+    dropout: bool = True     # in training mode; off for step-by-step comparisons
 
 
 @dataclass
@@ -121,6 +121,11 @@ class Emitter:
         if name not in self.param_nodes:
             self.param_nodes[name] = param_node(self, self.instance.params[name])
         return self.param_nodes[name]
+
+    def param_name(self, t: Tensor) -> str | None:
+        """The state-dict name of t when it is a parameter or buffer read here."""
+        node = self.builder.nodes[t.id]
+        return node.attrs["name"] if node.op is Op.PARAM else None
 
     def buffer_name(self, t: Tensor) -> str | None:
         """The state-dict name of t when it is a buffer read here."""

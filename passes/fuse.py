@@ -123,6 +123,8 @@ def fuse(g: Graph, enabled: bool = True) -> Plan:
             plan.loops[i] = fuse(n.attrs["body"], enabled)
         elif n.op in ATTENTION_OPS:
             _place_attention(plan, i)
+        elif n.op is Op.FOREACH:
+            _place_foreach(plan, i)
         elif n.op in ANCHORS:
             _place_anchor(plan, i, enabled)
         elif n.op in ELEMENTWISE and enabled:
@@ -177,6 +179,8 @@ def _joins_output_space(plan: Plan, k: int, i: int) -> str | None:
         return None
     if kern.kind in ATTENTION_GRAD_KINDS:
         return f"the {kern.kind} kernel stores its gradients as they are"
+    if kern.kind == "foreach":
+        return "a multi-tensor kernel stores its results as they are"
     if rows is not None and _in_reduce_space(n.tensor.shape, rows):
         return _broadcasts_reduced(plan, k, i, rows)
     if n.tensor.shape != out_shape(g, kern):
@@ -308,6 +312,14 @@ def _place_attention(plan: Plan, i: int) -> None:
         plan.home.update({u: len(plan.kernels) - 1 for u in nodes})
 
 
+def _place_foreach(plan: Plan, i: int) -> None:
+    """A foreach op is one multi-tensor kernel with its GETs, whatever the
+    number of groups; its operands come from memory."""
+    gets = [u for u in plan.graph.users()[i] if plan.graph.nodes[u].op is Op.GET]
+    plan.kernels.append(Kernel("foreach", i, sorted([i, *gets])))
+    plan.home.update({u: len(plan.kernels) - 1 for u in [i, *gets]})
+
+
 def _join(plan: Plan, k: int, i: int) -> None:
     plan.kernels[k].nodes.append(i)
     plan.home[i] = k
@@ -360,7 +372,7 @@ def _materialize(plan: Plan, enabled: bool) -> None:
     g = plan.graph
     needed = set(g.outputs)
     for n in g.nodes:
-        if n.op is Op.LOOP:
+        if n.op in (Op.LOOP, Op.FOREACH):  # operands read as whole buffers
             needed.update(n.srcs)
     if not enabled:
         needed.update(i for i, n in enumerate(g.nodes) if n.op in ELEMENTWISE)

@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
+from ember.ir import dims
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder, Graph, Node
-from ember.ir.loc import DSLError
+from ember.ir.loc import UNKNOWN, DSLError
 from ember.ir.ops import Op
 
 from .rewrite import copy_node, map_bodies, map_graph
@@ -118,21 +119,61 @@ def train_step(g: Graph, config: OptimizerConfig) -> Graph:
     forward = {name: vals[o] for name, o in zip(g.output_names, g.outputs)}
     grads = {name.removeprefix("grad."): forward.pop(name) for name in list(forward)
              if name.startswith("grad.")}
-    scalars = {k: e(Op.INPUT, name=f"optim.{k}", shape=(), dtype=loss.tensor.dtype)
-               for k in config.scalars}
+    # torch skips a parameter whose .grad is None (the loss never reads it)
+    grads = {k: v for k, v in grads.items() if not _is_zeros(b.nodes[v])}
+    scalars = [e(Op.INPUT, name=f"optim.{k}", shape=(), dtype=loss.tensor.dtype)
+               for k in config.scalars]
     norm = global_norm(e, list(grads.values()), loss.tensor.dtype)
     outs = {"loss": forward.pop(g.output_names[0]), "grad_norm": norm, **forward}
-    if config.clip is not None:
-        grads = clip(e, grads, norm, config.clip)
-    params = {n.attrs["name"]: vals[i] for i, n in enumerate(g.nodes) if n.op is Op.PARAM}
-    for name, grad in grads.items():
-        state = {s: _slot(e, name, s, params[name]) for s in config.slots}
-        new_param, new_state = UPDATES[config.name](e, config, scalars, params[name], grad,
-                                                    state)
-        outs[f"new.{name}"] = new_param
-        outs.update({f"new.optim.{name}.{s}": v for s, v in new_state.items()})
-    inputs = (*(vals[i] for i in g.inputs), *scalars.values())
+    if grads:
+        if config.clip is not None:
+            scalars.append(clip_coefficient(e, norm, config.clip))
+        params = {n.attrs["name"]: vals[i] for i, n in enumerate(g.nodes) if n.op is Op.PARAM}
+        outs.update(_update_all(e, config, params, grads, scalars))
+    inputs = (*(vals[i] for i in g.inputs), *scalars[:len(config.scalars)])
     return b.build(inputs, tuple(outs.values()), tuple(outs))
+
+
+def _is_zeros(n: Node) -> bool:
+    return n.op is Op.FULL and n.attrs["value"] == 0
+
+
+def _update_all(e: Emit, config: OptimizerConfig, params: dict[str, int],
+                grads: dict[str, int], scalars: list[int]) -> dict[str, int]:
+    """Every parameter's update as one foreach op (one multi-tensor kernel):
+    group k is (param, grad, slots...) of the k-th parameter."""
+    srcs: list[int] = []
+    for name, grad in grads.items():
+        srcs += [params[name], grad, *(_slot(e, name, s, params[name]) for s in config.slots)]
+    dtype = e.type(next(iter(grads.values()))).dtype
+    body = update_region(config, dtype, len(scalars))
+    node = e(Op.FOREACH, *srcs, *scalars, body=body, groups=len(grads),
+             arity=2 + len(config.slots))
+    outs, k = {}, 0
+    for name in grads:
+        for key in (f"new.{name}", *(f"new.optim.{name}.{s}" for s in config.slots)):
+            outs[key], k = e(Op.GET, node, index=k), k + 1
+    return outs
+
+
+def update_region(config: OptimizerConfig, dtype: DType, n_scalars: int) -> Graph:
+    """One element's update: (param, grad, slots..., scalars..., [clip
+    coefficient]) -> (new param, new slots...), all 0-d."""
+    b = Builder(f"{config.name}_update")
+    e = Emit(b, UNKNOWN)
+
+    def scalar(name: str) -> int:
+        return e(Op.INPUT, name=name, shape=(), dtype=dtype)
+    p, g = scalar("param"), scalar("grad")
+    state = {s: scalar(s) for s in config.slots}
+    s = {k: scalar(k) for k in config.scalars}
+    if n_scalars > len(config.scalars):   # clipping: the gradient times min(c / norm, 1)
+        coef = scalar("clip_coef")
+        g = e(Op.MUL, g, coef)
+    new_p, new_state = UPDATES[config.name](e, config, s, p, g, state)
+    inputs = [i for i, n in enumerate(b.nodes) if n.op is Op.INPUT]
+    outputs = (new_p, *(new_state[k] for k in config.slots))
+    return b.build(tuple(inputs), outputs, ("param", *config.slots))
 
 
 def _slot(e: Emit, param: str, slot: str, like: int) -> int:
@@ -142,20 +183,18 @@ def _slot(e: Emit, param: str, slot: str, like: int) -> int:
 
 
 def global_norm(e: Emit, grads: list[int], dtype: DType) -> int:
-    """sqrt of the sum of every gradient element squared (0 with no gradients)."""
-    total = e(Op.CONST, value=0.0, dtype=dtype)
-    for gr in grads:
-        axes = tuple(range(len(e.shape(gr))))
-        total = e(Op.ADD, total, e(Op.SUM, e(Op.MUL, gr, gr), axes=axes, keepdims=False))
-    return e(Op.SQRT, total)
+    """sqrt of the sum of every gradient element squared (0 with no gradients),
+    as one reduction over the gradients laid end to end."""
+    if not grads:
+        return e(Op.CONST, value=0.0, dtype=dtype)
+    flat = e(Op.CONCAT, *(e.reshape(gr, (dims.prod(e.shape(gr)),)) for gr in grads), axis=0)
+    return e(Op.SQRT, e(Op.SUM, e(Op.MUL, flat, flat), axes=(0,), keepdims=False))
 
 
-def clip(e: Emit, grads: dict[str, int], norm: int, max_norm: float) -> dict[str, int]:
-    """torch.nn.utils.clip_grad_norm_: every gradient times
-    min(max_norm / (norm + 1e-6), 1)."""
+def clip_coefficient(e: Emit, norm: int, max_norm: float) -> int:
+    """torch.nn.utils.clip_grad_norm_'s factor min(max_norm / (norm + 1e-6), 1)."""
     coef = e(Op.DIV, e.const(max_norm, norm), e(Op.ADD, norm, e.const(CLIP_EPS, norm)))
-    coef = e(Op.MINIMUM, coef, e.const(1.0, norm))
-    return {name: e(Op.MUL, gr, coef) for name, gr in grads.items()}
+    return e(Op.MINIMUM, coef, e.const(1.0, norm))
 
 
 Scalars = dict[str, int]

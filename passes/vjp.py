@@ -448,5 +448,6 @@ vjp_rules: dict[Op, Any] = {
 # derivatives). CALL is inlined and LOOP/GET are handled by the pass itself
 # (passes/scan_grad.py).
 NON_DIFFERENTIABLE = (LEAF | COMPARE | LOGICAL |
-                      {Op.NOT, Op.ARGMAX, Op.STOP_GRAD, Op.MAX_POOL2D_GRAD, Op.ATTENTION_GRAD})
+                      {Op.NOT, Op.ARGMAX, Op.STOP_GRAD, Op.MAX_POOL2D_GRAD, Op.ATTENTION_GRAD,
+                       Op.FOREACH})
 STRUCTURAL = frozenset({Op.CALL, Op.LOOP, Op.GET})

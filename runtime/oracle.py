@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ember.ir import dims
-from ember.ir.graph import Graph, Node, TensorType
+from ember.ir.graph import Builder, Graph, Node, TensorType
 from ember.ir.loc import DSLError
 from ember.ir.ops import Op
 
@@ -226,6 +226,28 @@ def _attention_grad(n: Node, a: list[Any], ctx: Ctx) -> tuple[np.ndarray, ...]:
     return ds @ k, _swap(ds) @ q, _swap(p) @ do
 
 
+def _foreach(n: Node, a: list[Any], ctx: Ctx) -> list[np.ndarray]:
+    """The region once per group, on the group's whole arrays (its ops are
+    elementwise, so the region at the group's shape is the same function)."""
+    groups, arity = n.attrs["groups"], n.attrs["arity"]
+    scalars = a[groups * arity:]
+    out: list[np.ndarray] = []
+    for k in range(groups):
+        operands = a[k * arity:(k + 1) * arity]
+        body = _at_shape(n.attrs["body"], arity, operands[0].shape)
+        out += run_graph(body, [*operands, *scalars], ctx)
+    return out
+
+
+def _at_shape(body: Graph, arity: int, shape: tuple[int, ...]) -> Graph:
+    """A foreach region whose first `arity` inputs have this shape."""
+    b = Builder(body.name)
+    for k, m in enumerate(body.nodes):
+        attrs = {**m.attrs, "shape": shape} if k in body.inputs[:arity] else m.attrs
+        b.add(m.op, m.srcs, attrs, m.loc)
+    return b.build(body.inputs, body.outputs, body.output_names)
+
+
 eval_rules: dict[Op, Rule] = {
     Op.INPUT: lambda n, a, ctx: None,  # bound before the walk
     Op.PARAM: _param,
@@ -265,7 +287,7 @@ eval_rules: dict[Op, Rule] = {
     Op.AVG_POOL2D: lambda n, a, ctx: avg_pool2d(a[0], **n.attrs),
     Op.MAX_POOL2D_GRAD: lambda n, a, ctx: max_pool2d_grad(*a, **n.attrs),
     Op.ATTENTION: _attention, Op.ATTENTION_GRAD: _attention_grad,
-    Op.CALL: _call, Op.LOOP: _loop,
+    Op.CALL: _call, Op.LOOP: _loop, Op.FOREACH: _foreach,
     Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
 }
 
