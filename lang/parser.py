@@ -24,6 +24,7 @@ from lark.exceptions import (
 from ..ir.loc import DSLError, Loc
 from . import ast
 from .astbuild import AstBuilder, line_loc, token_loc
+from .declarations import check_declarations
 
 _GRAMMAR_PATH = Path(__file__).with_name("ember.lark")
 
@@ -47,7 +48,9 @@ def parse(source: str, file: str) -> ast.Program:
         raise _syntax_error(e, file, lines) from None
     except (LarkError, RecursionError) as e:
         raise _internal_error(file, e) from None
-    return ast.Program(items, file, source)
+    program = ast.Program(items, file, source)
+    check_declarations(program)
+    return program
 
 
 @functools.cache
