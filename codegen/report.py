@@ -95,7 +95,15 @@ def report(mod: Module, env: Mapping[str, int]) -> dict[str, Any]:
              "launches": sum(s["launches"] for s in sites),
              "bytes": sum(s["bytes"] * s["launches"] for s in sites),
              "flops": sum(s["flops"] * s["launches"] for s in sites)}
-    return {"kernels": kernels, "launches": sites, "total": total}
+    out = {"kernels": kernels, "launches": sites, "total": total}
+    updates = [(site, s) for site, s in zip(mod.launches, sites) if site.kernel.kind == "foreach"]
+    if updates:  # a training step: how the parameters are updated
+        out["optimizer"] = {
+            "kernels": sorted({s["name"] for _, s in updates}),
+            "launches": sum(s["launches"] for _, s in updates),
+            "tensors": sum(site.plan.graph.nodes[site.kernel.anchor].attrs["groups"]
+                           for site, _ in updates)}
+    return out
 
 
 def _kernel_report(code: KernelCode, sites: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,7 +119,7 @@ def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[
     """One launch site; `launches` counts the steps of the loops it is in."""
     g = site.plan.graph
     moved = sum(_numel(g, i, env) * g.nodes[i].tensor.dtype.itemsize
-                for i in set(site.pointers.values()))
+                for i in _buffers(site))
     moved += sum(math.prod(_bind(d, env) for d in shape) * dtype.itemsize
                  for _, shape, dtype in site.extras.values())
     loops = _enclosing_loops(mod.plan, site.plan) or []
@@ -121,6 +129,16 @@ def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[
             "source_lines": source_lines(site), "bytes": moved,
             "flops": sum(_flops(g, i, env) for i in site.kernel.nodes),
             "launches": math.prod(_bind(length, env) for _, length in loops)}
+
+
+def _buffers(site: LaunchSite) -> set[int]:
+    """The buffers a launch reads or writes: its pointers, and for a
+    multi-tensor kernel every group's tensors (reached through its table)."""
+    out = set(site.pointers.values())
+    if site.kernel.kind == "foreach":
+        g = site.plan.graph
+        out |= set(g.nodes[site.kernel.anchor].srcs) | set(site.kernel.outputs)
+    return out
 
 
 def _bind(d: dims.Dim, env: Mapping[str, int]) -> int:
@@ -152,6 +170,10 @@ def _flops(g: Graph, i: int, env: Mapping[str, int]) -> int:
         return _numel(g, i, env)
     if n.op is Op.GET and g.nodes[n.srcs[0]].op in ATTENTION_OPS:
         return _attention_flops(g, n.srcs[0], n.attrs["index"], env)
+    if n.op is Op.FOREACH:  # the region's ops on every element of every group
+        body, arity = n.attrs["body"], n.attrs["arity"]
+        ops = sum(m.op in ELEMENTWISE for m in body.nodes)
+        return ops * sum(_numel(g, s, env) for s in n.srcs[:n.attrs["groups"] * arity:arity])
     return 0
 
 

@@ -121,6 +121,10 @@ def _table(rep: dict[str, Any]) -> str:
         lines.append(f"saved activations (forward values the backward reads): "
                      f"{t['saved_activation_bytes']} bytes in {len(rep['saved_activations'])} "
                      f"tensors")
+    if "optimizer" in rep:
+        o = rep["optimizer"]
+        lines.append(f"optimizer update: {o['tensors']} parameters in {o['launches']} "
+                     f"launch{'es' if o['launches'] != 1 else ''} ({', '.join(o['kernels'])})")
     lines.append(f"{t['launches']} launches of {t['kernels']} distinct kernels from "
                  f"{t['launch_sites']} sites (bytes, flops: per launch; total: all launches)")
     return "\n".join(lines)

@@ -38,8 +38,9 @@ def _bind_attrs(attrs: dict[str, Any], env: Mapping[str, int]) -> dict[str, Any]
     for key in SHAPE_ATTRS:
         if key in out:
             out[key] = tuple(dims.substitute(d, env) for d in out[key])
-    if "length" in out:
-        out["length"] = dims.substitute(out["length"], env)
+    for key in ("length", "dim"):   # a scan's length, a DIM node's dimension
+        if key in out:
+            out[key] = dims.substitute(out[key], env)
     return out
 
 
