@@ -139,10 +139,10 @@ class TorchDownBlock(nn.Module):
 class TorchResNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem, self.stem_bn = _param(8, 1, 3, 3), TorchBatchNorm(8)
-        self.block1 = TorchBasicBlock(8)
-        self.block2 = TorchDownBlock(8, 16)
-        self.fc_w, self.fc_b = _param(16, 10), _param(10)
+        self.stem, self.stem_bn = _param(12, 1, 3, 3), TorchBatchNorm(12)
+        self.block1 = TorchBasicBlock(12)
+        self.block2 = TorchDownBlock(12, 24)
+        self.fc_w, self.fc_b = _param(24, 10), _param(10)
 
     def forward(self, x):
         h = F.relu(self.stem_bn(F.conv2d(x, self.stem, padding=1)))
