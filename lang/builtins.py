@@ -21,7 +21,7 @@ from ember.ir.ops import Op
 from ember.ir.shapes import normalize_axes
 
 from .exprs import as_tensor, binary
-from .values import Tensor, as_dim, describe
+from .values import RUNTIME_DIM_NOTE, DimExpr, Tensor, as_dim, describe
 
 BUILTINS: dict[str, Callable[..., Any]] = {}
 
@@ -91,8 +91,9 @@ def _shape_args(shape: tuple[Any, ...], loc: Loc, allow: int = 0) -> tuple[Dim, 
     for d in shape:
         v = as_dim(d)
         if v is None or (isinstance(v, int) and v < allow):
+            note = RUNTIME_DIM_NOTE if isinstance(d, DimExpr) else ""
             raise DSLError(f"shape entries must be non-negative ints or dimensions, found "
-                           f"{describe(d)}", loc)
+                           f"{describe(d)}", loc, note)
         out.append(v)
     return tuple(out)
 

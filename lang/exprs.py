@@ -15,11 +15,12 @@ from typing import Any
 
 from ember.ir.dtypes import DType
 from ember.ir.loc import DSLError, Loc
-from ember.ir.ops import Op
+from ember.ir.ops import COMPARE, Op
 
 from . import ast
 from .values import (
     MAX_INT_DIGITS,
+    DimExpr,
     DimVal,
     Instance,
     Method,
@@ -121,6 +122,8 @@ def negate(em: Any, v: Any, loc: Loc) -> Any:
         return em.add(Op.NEG, (v,), {}, loc)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return -v
+    if isinstance(v, (DimVal, DimExpr)):
+        return DimExpr("-", 0, v)
     raise DSLError(f"cannot negate {describe(v)}", loc)
 
 
@@ -128,16 +131,42 @@ def binary(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
     """Apply a binary operator to two values of any kind."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return _tensor_binop(em, op, a, b, loc)
-    if isinstance(a, DimVal) or isinstance(b, DimVal):
-        da, db = as_dim(a), as_dim(b)
-        out = dim_arith(op, da, db) if da is not None and db is not None else None
-        if out is None:
-            raise DSLError(f"cannot compute {a} {op} {b} on dimensions (only '*' and exact "
-                           f"'//' are supported)", loc)
-        return dim_value(out)
+    if any(isinstance(v, (DimVal, DimExpr)) for v in (a, b)):
+        return _dim_binop(em, op, a, b, loc)
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and op in PY_BINOPS:
         return _number_binop(op, a, b, loc)
     raise DSLError(f"operator '{op}' does not apply to {describe(a)} and {describe(b)}", loc)
+
+
+def _dim_binop(em: Any, op: str, a: Any, b: Any, loc: Loc) -> Any:
+    """Arithmetic with a dim operand: a Dim when one holds it (`B*T`, `D//4`),
+    else a DimExpr (`T - 1`); a comparison is a bool scalar at once."""
+    for v in (a, b):
+        if not isinstance(v, (DimVal, DimExpr, int, float)) or isinstance(v, bool):
+            raise DSLError(f"operator '{op}' does not apply to {describe(a)} and {describe(b)}",
+                           loc)
+    da, db = as_dim(a), as_dim(b)
+    out = dim_arith(op, da, db) if da is not None and db is not None else None
+    if out is not None:
+        return dim_value(out)
+    if op in TENSOR_BINOPS and TENSOR_BINOPS[op] in COMPARE:
+        return _tensor_binop(em, op, as_tensor(em, a, None, loc), as_tensor(em, b, None, loc), loc)
+    return DimExpr(op, a, b)
+
+
+def dim_tensor(em: Any, v: DimVal | DimExpr, dtype: DType, loc: Loc) -> Tensor:
+    """The run-time value of a dim or a DimExpr as a scalar tensor of `dtype`:
+    computed in i32 (in the float dtype if it divides with '/'), then cast."""
+    work = em.float_dtype if isinstance(v, DimExpr) and v.floating else DType.I32
+    if work.is_float and not dtype.is_float:
+        raise DSLError(f"the float value {v} cannot be combined with an integer tensor", loc)
+    if isinstance(v, DimVal):
+        t = em.add(Op.DIM, (), {"dim": v.dim}, loc)
+    else:
+        sides = [dim_tensor(em, s, work, loc) if isinstance(s, (DimVal, DimExpr))
+                 else em.const(s, work, loc) for s in (v.lhs, v.rhs)]
+        t = _tensor_binop(em, v.op, sides[0], sides[1], loc)
+    return t if em.type(t).dtype is dtype else em.add(Op.CAST, (t,), {"dtype": dtype}, loc)
 
 
 def _number_binop(op: str, a: int | float, b: int | float, loc: Loc) -> int | float:
@@ -187,6 +216,9 @@ def as_tensor(em: Any, v: Any, like: Any, loc: Loc) -> Tensor:
         return v
     if isinstance(v, bool):
         return em.const(v, DType.BOOL, loc)
+    if isinstance(v, (DimVal, DimExpr)):  # `x / B`: the run-time value in x's dtype
+        alone = em.float_dtype if isinstance(v, DimExpr) and v.floating else DType.I32
+        return dim_tensor(em, v, em.type(like).dtype if isinstance(like, Tensor) else alone, loc)
     if not isinstance(v, (int, float)):
         raise DSLError(f"expected a tensor or a number, found {describe(v)}", loc)
     dtype = em.type(like).dtype if isinstance(like, Tensor) else (

@@ -221,6 +221,8 @@ def _expected_text(expected: set[str]) -> str:
 
 
 def _syntax_error(e: UnexpectedInput, file: str, lines: list[str]) -> DSLError:
+    if isinstance(e, UnexpectedToken) and (instead := _no_such_statement(e)) is not None:
+        return DSLError(instead[0], token_loc(file, lines, instead[1]))
     if isinstance(e, UnexpectedToken):
         return DSLError(
             _unexpected_token_message(e),
@@ -232,6 +234,26 @@ def _syntax_error(e: UnexpectedInput, file: str, lines: list[str]) -> DSLError:
             f"unexpected character '{char}'", line_loc(file, lines, e.line, e.column, e.column + 1)
         )
     return DSLError(f"syntax error: {e}", line_loc(file, lines, e.line, e.column, e.column + 1))
+
+
+# Python statements Ember does not have, read as names, and what to write instead.
+_NO_SUCH_STATEMENT = {
+    "if": "there is no 'if' in Ember: select values with where(cond, a, b)",
+    "elif": "there is no 'if' in Ember: select values with where(cond, a, b)",
+    "else": "there is no 'if' in Ember: select values with where(cond, a, b)",
+    "while": "there is no 'while' in Ember: loop with 'for t in range(n) { ... }'",
+}
+
+
+def _no_such_statement(e: UnexpectedToken) -> tuple[str, Token] | None:
+    """The keyword-like name (`if x > 0 {`, `} else {`) that caused the error,
+    if any: what to write instead, and the name's token."""
+    parser = getattr(e, "interactive_parser", None)
+    stack = parser.parser_state.value_stack if parser is not None else []
+    for tok in (e.token, stack[-1] if stack else None):
+        if isinstance(tok, Token) and tok.type == "NAME" and tok.value in _NO_SUCH_STATEMENT:
+            return _NO_SUCH_STATEMENT[tok.value], tok
+    return None
 
 
 def _unexpected_token_message(e: UnexpectedToken) -> str:

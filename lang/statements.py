@@ -19,7 +19,7 @@ from ember.ir.ops import Op
 from . import ast
 from .emitter import MISSING, Emitter
 from .exprs import eval_expr
-from .values import Instance, Tensor, as_dim, describe
+from .values import RUNTIME_DIM_NOTE, DimExpr, Instance, Tensor, as_dim, describe
 
 
 def run_let(em: Emitter, stmt: ast.Let) -> None:
@@ -74,9 +74,11 @@ def _run_block(em: Emitter, body: tuple[ast.Stmt, ...]) -> None:
 def _range_loop(em: Emitter, stmt: ast.For, it: ast.Call) -> None:
     if len(it.args) != 1 or it.kwargs:
         raise DSLError("range takes one argument, the number of steps", it.loc)
-    length = as_dim(eval_expr(em, it.args[0]))
+    value = eval_expr(em, it.args[0])
+    length = as_dim(value)
     if length is None:
-        raise DSLError("range(n) needs an int or a dimension", it.args[0].loc)
+        raise DSLError(f"range(n) needs an int or a dimension, found {describe(value)}",
+                       it.args[0].loc, RUNTIME_DIM_NOTE if isinstance(value, DimExpr) else "")
     carried = [n for n in dict.fromkeys(_assigned(stmt.body)) if isinstance(em.find(n), Tensor)]
     body = Emitter(Builder("loop_body"), em.ctx, em.instance, outer=em)
     step = body.add(Op.INPUT, (), {"name": stmt.var, "shape": (), "dtype": DType.I32}, stmt.loc)

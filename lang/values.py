@@ -53,6 +53,30 @@ class Method:
     instance: Instance | None
 
 
+@dataclass(frozen=True)
+class DimExpr:
+    """Arithmetic on dims that no Dim holds (`T - 1`, `B + T`, `T % 2`, `T / 2`).
+    Its value is known at run time only: where it meets a tensor it becomes a
+    scalar of that tensor's dtype (so `x * (T - 1)` is float), as an index an
+    i32. Leaves are DimVals and numbers."""
+
+    op: str
+    lhs: Any
+    rhs: Any
+
+    @property
+    def floating(self) -> bool:
+        """Whether the value is a float: a '/' or a float operand, as in Python."""
+        return self.op == "/" or any(
+            isinstance(v, float) or (isinstance(v, DimExpr) and v.floating)
+            for v in (self.lhs, self.rhs))
+
+    def __str__(self) -> str:
+        def side(v: Any) -> str:
+            return f"({v})" if isinstance(v, DimExpr) else str(v)
+        return f"{side(self.lhs)} {self.op} {side(self.rhs)}"
+
+
 # No tensor has a dimension this long (2^40 elements); bounding them keeps
 # shape arithmetic within machine integers.
 MAX_DIM = 2**40
@@ -71,6 +95,12 @@ def as_dim(v: Any) -> Dim | None:
 
 def dim_value(d: Dim) -> int | DimVal:
     return d if isinstance(d, int) else DimVal(d)
+
+
+# Why `T - 1` cannot be a loop length or a shape entry, for the messages that say so.
+RUNTIME_DIM_NOTE = ("a dimension can be multiplied and divided exactly (B*T, D//4); other "
+                    "arithmetic on it (T - 1) is known at run time only: it can index and "
+                    "scale tensors, but not size a loop or a shape")
 
 
 def dim_arith(op: str, a: Dim, b: Dim) -> Dim | None:
@@ -110,6 +140,8 @@ def describe(v: Any) -> str:
         return f"function '{v.fn.name}'"
     if isinstance(v, DimVal):
         return f"dimension {v.dim}"
+    if isinstance(v, DimExpr):
+        return f"the run-time value {v}"
     if isinstance(v, tuple):
         return f"a tuple of {len(v)} values"
     if isinstance(v, bool):
