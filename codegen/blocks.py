@@ -131,10 +131,11 @@ def foreach_programs(numels: tuple[int, ...], block: int) -> int:
     return sum(-(-int(n) // block) for n in numels)
 
 
-def foreach_table(rows: list[list], block: int):  # noqa: ANN201 - a torch.Tensor
-    """A multi-tensor kernel's table (codegen/foreach.py): per group its first
-    program, its element count and each tensor's offset in elements from the
-    same column's group-0 tensor."""
+def foreach_table(rows: list[list], block: int, counter: bool = False):  # noqa: ANN201
+    """A multi-tensor kernel's table (codegen/foreach.py), a flat int64 tensor:
+    per group its first program, its element count and each tensor's offset in
+    elements from the same column's group-0 tensor; then, with counter=True,
+    a zero the programs count themselves in as they finish."""
     import torch
     bases = rows[0]
     table, first = [], 0
@@ -144,6 +145,6 @@ def foreach_table(rows: list[list], block: int):  # noqa: ANN201 - a torch.Tenso
             if not t.is_contiguous() or t.dtype != base.dtype:
                 raise ValueError("foreach tensors must be contiguous, one dtype per column")
             offsets.append((t.data_ptr() - base.data_ptr()) // t.element_size())
-        table.append([first, row[0].numel(), *offsets])
+        table += [first, row[0].numel(), *offsets]
         first += -(-row[0].numel() // block)
-    return torch.tensor(table, dtype=torch.int64, device=bases[0].device)
+    return torch.tensor(table + [0] * counter, dtype=torch.int64, device=bases[0].device)

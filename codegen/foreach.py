@@ -11,18 +11,25 @@ kernel takes one base pointer per column however many groups there are.
 Each program finds its group among the rows' first programs, then covers
 BLOCK elements of it: load the group's operands, run the region, store the
 results.
+
+A summing foreach (reduce=True, a gradient norm) stores one partial sum per
+program instead; the program that finishes last (an atomic counter after the
+table) adds the partial sums in program order, so the result does not depend
+on scheduling, and computes the kernel's scalar epilogue (the norm's square
+root, the clipping factor) in the same launch.
 """
 
 from __future__ import annotations
 
 from ember.ir import dims
 from ember.ir.dtypes import DType
-from ember.ir.graph import Graph
+from ember.ir.graph import Graph, Node
 from ember.ir.ops import Op
 from ember.passes.fuse import Kernel, Plan
 
 from . import blocks
-from .ix import dim_text
+from .ix import Ix, dim_text
+from .rules import TL_DTYPE
 from .templates import Launch
 from .writer import KernelWriter
 
@@ -30,9 +37,9 @@ from .writer import KernelWriter
 def foreach(w: KernelWriter) -> Launch:
     n = w.g.nodes[w.kernel.anchor]
     groups, arity, body = n.attrs["groups"], n.attrs["arity"], n.attrs["body"]
-    results = _results(w)
-    width = 2 + arity + len(body.outputs)
-    w.extras["table_ptr"] = (table_var(w.kernel), (groups, width), DType.I64)
+    reduce = bool(n.attrs.get("reduce"))
+    width = _width(n)
+    w.extras["table_ptr"] = (var(w.kernel, "table"), (groups * width + reduce,), DType.I64)
     w.line("pid = tl.program_id(0)")
     w.line("g = tl.arange(0, GROUPS)")
     w.line(f"firsts = tl.load(table_ptr + g * {width}, mask=g < {groups}, other=2147483647)")
@@ -49,18 +56,74 @@ def foreach(w: KernelWriter) -> Launch:
     for b, src in zip(body.inputs[arity:], n.srcs[groups * arity:]):
         region.remember(b, (), w.let(w.fresh(_name(body, b)), f"tl.load({w.pointer(src)})",
                                      frozenset()))
-    for k, (o, get) in enumerate(zip(body.outputs, results)):
-        v = region.value(o, ())
-        w.line(f"tl.store({w.pointer(get)} + tl.load(row + {2 + arity + k}) + offs, "
-               f"{v.text}, mask=mask)")
-    numels = ", ".join(dim_text(dims.prod(w.shape(s))) for s in n.srcs[:groups * arity:arity])
-    return Launch([f"blocks.foreach_programs(({numels},), BLOCK)"],
+    values = [region.value(o, ()).text for o in body.outputs]
+    if reduce:
+        _sum_and_finish(w, n, values)
+    else:
+        for k, (get, v) in enumerate(zip(_results(w), values)):
+            w.line(f"tl.store({w.pointer(get)} + tl.load(row + {2 + arity + k}) + offs, {v}, "
+                   f"mask=mask)")
+    return Launch([f"blocks.foreach_programs(({_numels(w.g, n)},), BLOCK)"],
                   {"BLOCK": f"{blocks.FOREACH_BLOCK}",
                    "GROUPS": f"{blocks.next_pow2(groups)}"})
 
 
-def table_var(kern: Kernel) -> str:
-    return f"foreach{kern.anchor}_table"
+def _sum_and_finish(w: KernelWriter, n: Node, values: list[str]) -> None:
+    """Partial sums per program; the last program to finish adds them up and
+    computes the rest of the kernel."""
+    r, dtype = len(values), _result_dtype(n)
+    w.extras["partials_ptr"] = (var(w.kernel, "partials"), (_programs(w.g, n) * r,), dtype)
+    for j, v in enumerate(values):
+        w.line(f"tl.store(partials_ptr + pid * {r} + {j}, "
+               f"tl.sum(tl.where(mask, {v}, 0.0), axis=0))")
+    w.line(f"done = tl.atomic_add(table_ptr + {n.attrs['groups'] * _width(n)}, 1)")
+    w.line("if done == tl.num_programs(0) - 1:  # the last one: every partial sum is stored")
+    w.push()
+    w.line("p = tl.arange(0, BLOCK)")
+    gets = {w.g.nodes[i].attrs["index"]: i for i in w.kernel.nodes if w.g.nodes[i].op is Op.GET}
+    for j in range(r):
+        acc = w.fresh(f"total{j}")
+        w.line(f"{acc} = tl.zeros([BLOCK], {TL_DTYPE[dtype]})")
+        w.line("for start in range(0, tl.num_programs(0), BLOCK):")
+        w.line(f"    {acc} += tl.load(partials_ptr + (start + p) * {r} + {j}, "
+               f"mask=start + p < tl.num_programs(0), other=0)")
+        w.line(f"{acc} = tl.sum({acc}, axis=0)")
+        if j in gets:
+            w.remember(gets[j], (), Ix(acc))
+    for o in w.kernel.outputs:
+        w.store(o, (), w.value(o, ()))
+    w.pop()
+
+
+def _result_dtype(n: Node) -> DType:
+    body = n.attrs["body"]
+    return body.nodes[body.outputs[0]].tensor.dtype
+
+
+def _width(n: Node) -> int:
+    """A table row: first program, numel, operand offsets, result offsets."""
+    results = 0 if n.attrs.get("reduce") else len(n.attrs["body"].outputs)
+    return 2 + n.attrs["arity"] + results
+
+
+def _numels(g: Graph, n: Node) -> str:
+    groups, arity = n.attrs["groups"], n.attrs["arity"]
+    return ", ".join(dim_text(dims.prod(g.nodes[s].tensor.shape))
+                     for s in n.srcs[:groups * arity:arity])
+
+
+def _programs(g: Graph, n: Node) -> int:
+    """The launch's program count when the shapes are static (else 1: the
+    report's estimate of the partial sums' bytes)."""
+    groups, arity = n.attrs["groups"], n.attrs["arity"]
+    sizes = [dims.prod(g.nodes[s].tensor.shape) for s in n.srcs[:groups * arity:arity]]
+    if not all(isinstance(s, int) for s in sizes):
+        return 1
+    return blocks.foreach_programs(tuple(int(s) for s in sizes), blocks.FOREACH_BLOCK)
+
+
+def var(kern: Kernel, what: str) -> str:
+    return f"foreach{kern.anchor}_{what}"
 
 
 def _results(w: KernelWriter) -> list[int]:
@@ -88,18 +151,32 @@ def _region_writer(w: KernelWriter, body: Graph) -> KernelWriter:
 
 
 def setup_lines(plan: Plan, kern: Kernel, names: dict[int, str], pad: str) -> list[str]:
-    """The launcher line building the kernel's table from its buffers."""
+    """Launcher lines before the launch: the table from the buffers (and, for
+    a summing foreach, room for its partial sums)."""
     g = plan.graph
     n = g.nodes[kern.anchor]
     groups, arity = n.attrs["groups"], n.attrs["arity"]
+    reduce = bool(n.attrs.get("reduce"))
     r = len(n.attrs["body"].outputs)
     gets = {g.nodes[i].attrs["index"]: i for i in kern.nodes if g.nodes[i].op is Op.GET}
     rows = []
     for k in range(groups):
         cols = [names[s] for s in n.srcs[k * arity:(k + 1) * arity]]
-        cols += [names[gets[k * r + j]] for j in range(r)]
+        cols += [] if reduce else [names[gets[k * r + j]] for j in range(r)]
         rows.append("[" + ", ".join(cols) + "]")
-    call = f"{table_var(kern)} = blocks.foreach_table([{', '.join(rows)}], BLOCK)"
-    return [pad + call] if len(pad + call) <= 100 else [
-        f"{pad}{table_var(kern)} = blocks.foreach_table([",
-        *(f"{pad}    {row}," for row in rows), f"{pad}], BLOCK)"]
+    end = f"], BLOCK{', counter=True' if reduce else ''})"
+    call = f"{var(kern, 'table')} = blocks.foreach_table([{', '.join(rows)}{end}"
+    lines = [pad + call] if len(pad + call) <= 100 else [
+        f"{pad}{var(kern, 'table')} = blocks.foreach_table([",
+        *(f"{pad}    {row}," for row in rows), f"{pad}{end}"]
+    if reduce:
+        torch_dtype = "torch.float64" if _result_dtype(n) is DType.F64 else "torch.float32"
+        lines.append(f"{pad}{var(kern, 'partials')} = pool.empty((blocks.foreach_programs(("
+                     f"{_numels(g, n)},), BLOCK) * {r},), {torch_dtype})")
+    return lines
+
+
+def teardown_lines(plan: Plan, kern: Kernel, pad: str) -> list[str]:
+    """After the launch: a summing foreach's partial sums are dead."""
+    reduce = plan.graph.nodes[kern.anchor].attrs.get("reduce")
+    return [f"{pad}pool.free({var(kern, 'partials')})"] if reduce else []

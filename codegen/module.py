@@ -29,7 +29,7 @@ from ember.passes.fuse import Kernel, Plan, fuse
 from . import canon
 from .checks import BOUNDS, HEADER, Site, launcher_lines
 from .flash_bwd import attention_dkdv, attention_dq
-from .foreach import foreach, setup_lines
+from .foreach import foreach, setup_lines, teardown_lines
 from .fused import attention, gates
 from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
@@ -336,6 +336,7 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     lines.append(wrap_call(f"{pad}{code.name}[({grid})](", args, ")", pad))
     read = list(site.pointers.values())
     if kern.kind == "foreach":  # every group's operands, through the table
+        lines += teardown_lines(plan, kern, pad)
         read += [s for s in g.nodes[kern.anchor].srcs if s in names]
     reads = {names[i] for i in read} - {names[o] for o in kern.outputs}
     return lines, reads, {names[o] for o in kern.outputs}

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ember.ir import dims
-from ember.ir.graph import Graph
+from ember.ir.graph import Graph, Node
 from ember.ir.loc import DSLError
 from ember.ir.ops import ATTENTION_OPS, ELEMENTWISE, REDUCE, Op
 from ember.passes.fuse import Plan
@@ -101,8 +101,8 @@ def report(mod: Module, env: Mapping[str, int]) -> dict[str, Any]:
         out["optimizer"] = {
             "kernels": sorted({s["name"] for _, s in updates}),
             "launches": sum(s["launches"] for _, s in updates),
-            "tensors": sum(site.plan.graph.nodes[site.kernel.anchor].attrs["groups"]
-                           for site, _ in updates)}
+            "tensors": sum(_anchor(site).attrs["groups"] for site, _ in updates
+                           if not _anchor(site).attrs.get("reduce"))}
     return out
 
 
@@ -129,6 +129,10 @@ def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[
             "source_lines": source_lines(site), "bytes": moved,
             "flops": sum(_flops(g, i, env) for i in site.kernel.nodes),
             "launches": math.prod(_bind(length, env) for _, length in loops)}
+
+
+def _anchor(site: LaunchSite) -> Node:
+    return site.plan.graph.nodes[site.kernel.anchor]
 
 
 def _buffers(site: LaunchSite) -> set[int]:

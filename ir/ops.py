@@ -98,7 +98,9 @@ class Op(Enum):
     # same-shaped tensors (a multi-tensor kernel: the optimizer's update of
     # every parameter in one launch). srcs: group-major operands, then shared
     # 0-d scalars; `body` maps 0-d (operands..., scalars...) to 0-d results;
-    # the node yields, group by group, each result at the group's shape.
+    # the node yields, group by group, each result at the group's shape; with
+    # reduce=True it yields instead each result summed over every element of
+    # every group, 0-d (a global gradient norm's sum of squares).
     FOREACH = "foreach"
 
     # structure: regions holding a body Graph; results are read with GET.

@@ -365,6 +365,8 @@ def _foreach(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
         if any(t.shape != group[0].shape for t in group):
             raise ShapeError(f"foreach group {k} mixes shapes: {', '.join(map(str, group))}")
         out += [_t(group[0].shape, body[o].tensor.dtype) for o in body.outputs]
+    if attrs.get("reduce"):
+        return tuple(_t((), body[o].tensor.dtype) for o in body.outputs)
     return tuple(out)
 
 

@@ -180,7 +180,11 @@ def _joins_output_space(plan: Plan, k: int, i: int) -> str | None:
     if kern.kind in ATTENTION_GRAD_KINDS:
         return f"the {kern.kind} kernel stores its gradients as they are"
     if kern.kind == "foreach":
-        return "a multi-tensor kernel stores its results as they are"
+        # a summing one finishes in one program, which may go on with scalars
+        scalar = n.op in ELEMENTWISE and n.tensor.shape == ()
+        if not (scalar and g.nodes[kern.anchor].attrs.get("reduce")):
+            return "a multi-tensor kernel stores its results as they are"
+        return None
     if rows is not None and _in_reduce_space(n.tensor.shape, rows):
         return _broadcasts_reduced(plan, k, i, rows)
     if n.tensor.shape != out_shape(g, kern):

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
-from ember.ir import dims
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder, Graph, Node
 from ember.ir.loc import UNKNOWN, DSLError
@@ -184,11 +183,14 @@ def _slot(e: Emit, param: str, slot: str, like: int) -> int:
 
 def global_norm(e: Emit, grads: list[int], dtype: DType) -> int:
     """sqrt of the sum of every gradient element squared (0 with no gradients),
-    as one reduction over the gradients laid end to end."""
+    the sum as one summing foreach over all the gradients."""
     if not grads:
         return e(Op.CONST, value=0.0, dtype=dtype)
-    flat = e(Op.CONCAT, *(e.reshape(gr, (dims.prod(e.shape(gr)),)) for gr in grads), axis=0)
-    return e(Op.SQRT, e(Op.SUM, e(Op.MUL, flat, flat), axes=(0,), keepdims=False))
+    b = Builder("square")
+    x = b.add(Op.INPUT, (), {"name": "grad", "shape": (), "dtype": dtype})
+    square = b.build((x,), (b.add(Op.MUL, (x, x)),), ("square",))
+    total = e(Op.FOREACH, *grads, body=square, groups=len(grads), arity=1, reduce=True)
+    return e(Op.SQRT, e(Op.GET, total, index=0))
 
 
 def clip_coefficient(e: Emit, norm: int, max_norm: float) -> int:

@@ -236,6 +236,10 @@ def _foreach(n: Node, a: list[Any], ctx: Ctx) -> list[np.ndarray]:
         operands = a[k * arity:(k + 1) * arity]
         body = _at_shape(n.attrs["body"], arity, operands[0].shape)
         out += run_graph(body, [*operands, *scalars], ctx)
+    if n.attrs.get("reduce"):  # each result summed over every group, group by group
+        r = len(n.attrs["body"].outputs)
+        return [sum((np.sum(v) for v in out[j::r]), np.zeros((), out[j].dtype))
+                for j in range(r)]
     return out
 
 
