@@ -25,7 +25,7 @@ from ember.ir import dims
 from ember.ir.dtypes import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.ops import Op
-from ember.passes.fuse import Kernel, Plan
+from ember.passes.fuse import Kernel, Plan, depends_on
 
 from . import blocks
 from .ix import Ix, dim_text
@@ -120,6 +120,43 @@ def _programs(g: Graph, n: Node) -> int:
     if not all(isinstance(s, int) for s in sizes):
         return 1
     return blocks.foreach_programs(tuple(int(s) for s in sizes), blocks.FOREACH_BLOCK)
+
+
+def donations(plan: Plan, kern: Kernel) -> dict[int, int]:
+    """Result GET -> the operand (a parameter or buffer the step replaces)
+    whose memory it may take: every other reader of that operand runs before
+    this kernel (the foreach op's `donate` pairs say which result may take
+    which operand's place; reading and writing the same element in the same
+    program is safe)."""
+    g = plan.graph
+    n = g.nodes[kern.anchor]
+    if n.attrs.get("reduce"):
+        return {}
+    groups, arity, r = n.attrs["groups"], n.attrs["arity"], len(n.attrs["body"].outputs)
+    gets = {g.nodes[i].attrs["index"]: i for i in kern.nodes if g.nodes[i].op is Op.GET}
+    users, outputs = g.users(), set(g.outputs)
+    k = plan.kernels.index(kern)
+    out = {}
+    for group in range(groups):
+        for j, operand in n.attrs.get("donate", ()):
+            src = n.srcs[group * arity + operand]
+            if (g.nodes[src].op is Op.PARAM and src not in outputs
+                    and n.srcs.count(src) == 1
+                    and all(_runs_before(plan, k, u) for u in users[src] if u != kern.anchor)):
+                out[gets[group * r + j]] = src
+    return out
+
+
+def _runs_before(plan: Plan, k: int, node: int) -> bool:
+    """Has every kernel that reads `node`'s value run before kernel k starts?"""
+    home = plan.home.get(node)
+    if home is not None:
+        return home != k and depends_on(plan, k, home)
+    if plan.graph.nodes[node].op is Op.LOOP:
+        return depends_on(plan, k, ~node)
+    if node in plan.graph.outputs:
+        return False
+    return all(_runs_before(plan, k, u) for u in plan.graph.users()[node])
 
 
 def var(kern: Kernel, what: str) -> str:

@@ -29,7 +29,7 @@ from ember.passes.fuse import Kernel, Plan, fuse
 from . import canon
 from .checks import BOUNDS, HEADER, Site, launcher_lines
 from .flash_bwd import attention_dkdv, attention_dq
-from .foreach import foreach, setup_lines, teardown_lines
+from .foreach import donations, foreach, setup_lines, teardown_lines
 from .fused import attention, gates
 from .ix import dim_name, dim_text
 from .rules import PRELUDE, PTR_DTYPE
@@ -314,6 +314,8 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
     code, g = site.code, plan.graph
     ops = [f"%{i} {g.nodes[i].op.value}" for i in sorted(kern.nodes)]
     lines = [f"{pad}# {part}" for part in _packed(ops, 98 - len(pad))]
+    if kern.kind == "foreach":  # an update stored over the state it replaces
+        state.views.update({names[get]: names[src] for get, src in donations(plan, kern).items()})
     own = [] if kern.kind == "foreach" else [  # its table is built below
         e for e in site.extras.values() if not e[0].startswith(BOUNDS)]
     buffers = [(names[o], g.nodes[o].tensor.shape, g.nodes[o].tensor.dtype)

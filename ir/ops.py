@@ -100,7 +100,9 @@ class Op(Enum):
     # 0-d scalars; `body` maps 0-d (operands..., scalars...) to 0-d results;
     # the node yields, group by group, each result at the group's shape; with
     # reduce=True it yields instead each result summed over every element of
-    # every group, 0-d (a global gradient norm's sum of squares).
+    # every group, 0-d (a global gradient norm's sum of squares). `donate`
+    # pairs (result j, operand k) say a kernel may store result j over operand
+    # k's buffer when nothing reads that operand later (an update in place).
     FOREACH = "foreach"
 
     # structure: regions holding a body Graph; results are read with GET.

@@ -146,8 +146,10 @@ def _update_all(e: Emit, config: OptimizerConfig, params: dict[str, int],
         srcs += [params[name], grad, *(_slot(e, name, s, params[name]) for s in config.slots)]
     dtype = e.type(next(iter(grads.values()))).dtype
     body = update_region(config, dtype, len(scalars))
+    # result j may be stored over operand k: the new parameter and slots over the old
+    donate = ((0, 0), *((1 + j, 2 + j) for j in range(len(config.slots))))
     node = e(Op.FOREACH, *srcs, *scalars, body=body, groups=len(grads),
-             arity=2 + len(config.slots))
+             arity=2 + len(config.slots), donate=donate)
     outs, k = {}, 0
     for name in grads:
         for key in (f"new.{name}", *(f"new.optim.{name}.{s}" for s in config.slots)):

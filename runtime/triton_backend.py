@@ -187,10 +187,13 @@ def _private_root() -> Path:
 
 
 def _on(v: Any, dev: str) -> Any:
-    """A contiguous torch tensor on the device, from an array or a tensor."""
+    """A contiguous torch tensor on the device, from an array or a tensor. An
+    array is copied: a training step stores its update over the state it
+    replaces (codegen/foreach.py), and the caller's arrays must not change; a
+    torch tensor already on the device is used as it is (donated)."""
     import torch
     # (not np.ascontiguousarray: it turns a 0-d array into a 1-d one)
-    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.array(v))
     return t.to(dev).contiguous()
 
 

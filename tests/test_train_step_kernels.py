@@ -193,3 +193,48 @@ def test_every_step_kernel_compiles_for_sm90(tmp_path: Path) -> None:
     resources = aot.compile_kernels(jobs)
     problems = [f"{w}: {p}" for w, r in zip(where, resources) for p in aot.check_resources(r)]
     assert problems == []
+
+
+# ---- donation -----------------------------------------------------------------------------
+
+def test_update_is_stored_over_donated_tensors_and_never_over_arrays() -> None:
+    import torch
+
+    from ember.runtime.triton_backend import TritonProgram
+    config = CONFIGS["adamw_clip"]
+    g = _step("mlp", config)
+    program = api.parse_file(MODELS / "mlp.ember")
+    state = api.init_train_state(g, api.init_model_params(program, seed=1))
+    batch = {**make_inputs("mlp", np.random.default_rng(0), 2, 0, np.float32),
+             **api.step_scalars(config, 1e-2, 1)}
+    run = TritonProgram(g)
+    before = {k: v.copy() for k, v in state.items()}
+    outs = run(batch, state, 0, {})
+    assert all(np.array_equal(state[k], before[k]) for k in state)   # arrays: untouched
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in state.items()}
+    donated = run({k: torch.from_numpy(v) for k, v in batch.items()}, tensors, 0, {})
+    for name in ("hidden.w", "optim.hidden.w.exp_avg", "out.b"):   # tensors: updated in place
+        assert donated[f"new.{name}"].data_ptr() == tensors[name].data_ptr()
+        np.testing.assert_array_equal(donated[f"new.{name}"].numpy(), outs[f"new.{name}"])
+
+
+def test_a_parameter_read_after_the_update_is_not_overwritten() -> None:
+    b = Builder("late")
+    p = b.add(Op.PARAM, (), {"name": "p", "shape": (3, 5), "dtype": DType.F32,
+                             "init": ("zeros",)})
+    gr = b.add(Op.INPUT, (), {"name": "g", "shape": (3, 5), "dtype": DType.F32})
+    rb = Builder("sub")
+    x, y = (rb.add(Op.INPUT, (), {"name": n, "shape": (), "dtype": DType.F32}) for n in "xy")
+    body = rb.build((x, y), (rb.add(Op.SUB, (x, y)),))
+    node = b.add(Op.FOREACH, (p, gr), {"body": body, "groups": 1, "arity": 2,
+                                       "donate": ((0, 0),)})
+    new = b.add(Op.GET, (node,), {"index": 0})
+    late = b.add(Op.MUL, (p, p))   # reads p after the update is launched
+    g = b.build((gr,), (new, late), ("new", "late"))
+    rng = np.random.default_rng(0)
+    params = {"p": rng.standard_normal((3, 5)).astype(np.float32)}
+    inputs = {"g": rng.standard_normal((3, 5)).astype(np.float32)}
+    got = backends.run("triton", g, inputs, params, 0, {})
+    np.testing.assert_array_equal(got["late"], params["p"] * params["p"])
+    np.testing.assert_array_equal(got["new"], params["p"] - inputs["g"])
+    assert "= p\n" not in emit_triton(g).source
