@@ -55,3 +55,32 @@ def test_dim_arithmetic_limits(line: str, message: str, note: str) -> None:
         compile_src(body(line, "return x"))
     assert (e.value.message, e.value.note) == (message, note)
     assert e.value.loc.line == 3
+
+
+@pytest.mark.parametrize("call, message", [
+    ("x % 2.0", "'//' and '%' on tensors need i32 operands, found f64[B, T, 4]"),
+    ("pad(x, (1,))", "pad amounts come in (left, right) pairs, at most one per axis: 1 for a "
+                     "tensor of rank 3"),
+    ('pad(x, (1, 1), mode="wrap")', 'pad mode must be "constant" or "reflect", found the '
+                                    'string "wrap"'),
+    ('pad(x, (4, 0), mode="reflect")', "reflect padding (4, 0) must be non-negative and less "
+                                       "than the size 4 of axis 2"),
+    ("split(x, (1, 2), axis=2)", "split: sizes (1, 2) must be non-negative and add up to the "
+                                 "size 4 of axis 2"),
+    ("clamp(x)", "clamp needs min=, max= or both"),
+    ("stack(x, x[:, :, 1:])", "stack needs tensors of one shape, found f64[B, T, 4] and "
+                              "f64[B, T, 3]"),
+    ("var(x, correction=-1)", "correction must be a non-negative int, found the number -1"),
+    ("dropout(x, p=1.5)", "dropout probability must be in [0, 1], found the number 1.5"),
+    ("adaptive_avg_pool2d(reshape(x, B, 1, T, 4), 3)",
+     "adaptive_avg_pool2d expects [N, C, H, W] with static H and W, found f64[B, 1, T, 4]"),
+    ("group_norm(x, 3, x, x)", "group_norm expects [N, C, ...] with C divisible by groups=3, "
+                               "found f64[B, T, 4]"),
+    ("conv1d(x[:, :, 0], x)", "conv1d expects x [N, C, L] and w [O, C/groups, K], found "
+                              "f64[B, T] and f64[B, T, 4]"),
+])
+def test_new_builtins_reject_bad_input(call: str, message: str) -> None:
+    with pytest.raises(DSLError) as e:
+        compile_src(body(f"let z = {call}", "return x"))
+    assert e.value.message == message
+    assert e.value.loc.line == 3
