@@ -168,3 +168,63 @@ def test_freezing_an_unknown_name_is_an_error() -> None:
 def test_bad_optimizer_settings_are_errors(bad: dict, message: str) -> None:
     with pytest.raises(DSLError, match=message):
         OptimizerConfig(**bad)
+
+
+def _dense_with_unused() -> str:
+    """`unused` is never read by the loss: its gradient is None in torch."""
+    return """
+model M {
+  param w: f32[4, 3] = normal(1.0)
+  param unused: f32[5] = normal(1.0)
+  def loss(x: f32[B, 4], y: i32[B]) -> f32[] { return cross_entropy(x @ w, y) }
+}
+"""
+
+
+def test_decoupled_weight_decay_shrinks_as_torch_and_skips_unread_parameters() -> None:
+    from ember.lang.parser import parse
+    program = parse(_dense_with_unused(), "m.ember")
+    config = OptimizerConfig("adamw", weight_decay=0.1)
+    g = api.compile_train_step(program, config, float64=True)
+    assert "new.unused" not in g.output_names   # torch skips a parameter whose .grad is None
+    params = api.init_model_params(program, api.Options(float64=True), seed=0)
+    state = api.init_train_state(g, params)
+    w = torch.nn.Parameter(torch.from_numpy(params["w"].copy()))
+    opt = torch.optim.AdamW([w], lr=0.05, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    norms = []
+    for step in range(1, 6):
+        x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6).astype(np.int32)
+        outs = api.run(g, {"x": x, "y": y, **api.step_scalars(config, 0.05, step, True)},
+                       state)
+        state.update({k.removeprefix("new."): v for k, v in outs.items()
+                      if k.startswith("new.")})
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(torch.from_numpy(x) @ w,
+                                          torch.from_numpy(y).long()).backward()
+        opt.step()
+        norms.append(float(np.linalg.norm(state["w"])))
+    assert rel_err(state["w"], w.detach().numpy()) < TOL
+    # decay alone: the same steps without it end with larger weights
+    plain = OptimizerConfig("adamw", weight_decay=0.0)
+    g0 = api.compile_train_step(program, plain, float64=True)
+    s0 = api.init_train_state(g0, params)
+    rng = np.random.default_rng(0)
+    for step in range(1, 6):
+        x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6).astype(np.int32)
+        outs = api.run(g0, {"x": x, "y": y, **api.step_scalars(plain, 0.05, step, True)}, s0)
+        s0.update({k.removeprefix("new."): v for k, v in outs.items() if k.startswith("new.")})
+    assert norms[-1] < float(np.linalg.norm(s0["w"]))
+
+
+def test_dropout_masks_change_per_step_and_follow_the_seed() -> None:
+    program = api.parse_file(MODELS / "mlp.ember")
+    config = OptimizerConfig("sgd")
+    g = api.compile_train_step(program, config)
+    params = api.init_model_params(program, seed=0)
+    batch = {**make_inputs("mlp", np.random.default_rng(0), 8, 0, np.float32),
+             **api.step_scalars(config, 0.1, 1)}
+    a, b, a2 = (api.run(g, batch, params, seed)["loss"] for seed in (1, 2, 1))
+    assert a == a2 and a != b   # the step's seed draws the mask: same seed, same loss
+    off = api.compile_train_step(program, config, dropout=False)
+    assert api.run(off, batch, params, 1)["loss"] == api.run(off, batch, params, 2)["loss"]
