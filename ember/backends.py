@@ -13,7 +13,7 @@ NaN on both sides match, and a finite value never matches an infinite one:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,18 +44,36 @@ def choose(requested: str) -> tuple[str, str]:
     return "numpy", "numpy (auto: no CUDA GPU, so the NumPy oracle)"
 
 
-def run(backend: str, g: Graph, inputs: Mapping[str, np.ndarray],
-        params: Mapping[str, np.ndarray], seed: int, env: Mapping[str, int],
-        precision: str = "ieee", fused: bool = True) -> dict[str, np.ndarray]:
+Arrays = dict[str, np.ndarray]
+Runner = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int,
+                   Mapping[str, int]], Arrays]
+
+
+def runner(backend: str, g: Graph, precision: str = "ieee", fused: bool = True) -> Runner:
+    """g compiled once for a backend, as a function (inputs, params, seed, env)
+    -> outputs by name (a training loop calls it every step)."""
     if backend == "numpy":
-        outs = oracle.evaluate(g, dict(inputs), dict(params), seed, dict(env))
-        return dict(zip(g.output_names, outs))
+        def run_oracle(inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
+                       seed: int, env: Mapping[str, int]) -> Arrays:
+            outs = oracle.evaluate(g, dict(inputs), dict(params), seed, dict(env))
+            return dict(zip(g.output_names, outs))
+        return run_oracle
     from ember.runtime.triton_backend import TritonProgram
     program = TritonProgram(g, fused=fused, precision=precision)
-    # Triton's interpreter computes masked-off lanes too (log(0) on the zeros a
-    # masked load returns); those lanes are never stored, so their warnings are noise
-    with np.errstate(all="ignore"):
-        return program(inputs, params, seed, env)
+
+    def run_kernels(inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
+                    seed: int, env: Mapping[str, int]) -> Arrays:
+        # Triton's interpreter computes masked-off lanes too (log(0) on the zeros a
+        # masked load returns); those lanes are never stored, so their warnings are noise
+        with np.errstate(all="ignore"):
+            return program(inputs, params, seed, env)
+    return run_kernels
+
+
+def run(backend: str, g: Graph, inputs: Mapping[str, np.ndarray],
+        params: Mapping[str, np.ndarray], seed: int, env: Mapping[str, int],
+        precision: str = "ieee", fused: bool = True) -> Arrays:
+    return runner(backend, g, precision, fused)(inputs, params, seed, env)
 
 
 @dataclass(frozen=True)

@@ -77,22 +77,9 @@ def step_seed(seed: int, k: int) -> int:
 
 def runner(backend: str, g: Graph, dot_precision: str, env: Mapping[str, int]) -> Runner:
     """g as a function (inputs, params, seed) -> outputs, compiled once."""
-    if backend == "numpy":
-        from ember.runtime import oracle
-
-        def run_oracle(inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
-                       seed: int) -> Arrays:
-            return dict(zip(g.output_names, oracle.evaluate(g, dict(inputs), dict(params),
-                                                             seed, dict(env))))
-        return run_oracle
-    from ember.runtime.triton_backend import TritonProgram
-    program = TritonProgram(g, precision=dot_precision)
-
-    def run_kernels(inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
-                    seed: int) -> Arrays:
-        with np.errstate(all="ignore"):  # masked-off lanes in the interpreter (backends.run)
-            return program(inputs, params, seed, env)
-    return run_kernels
+    from ember import backends
+    run = backends.runner(backend, g, dot_precision)
+    return lambda inputs, params, seed: run(inputs, params, seed, env)
 
 
 class Trainer:
