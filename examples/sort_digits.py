@@ -21,13 +21,18 @@ memorized: there are 10^15 inputs. The filler is half of the positions, so
 the answer positions are reported apart (bench/train.py): an overall
 accuracy of 99% means at least 98% on the sorted digits.
 
-Measured with a PyTorch twin of the model (2 layers, width 32, 4 heads; Adam
-lr 3e-3, batch 32, the default 8000 training sequences): 99.9% validation
-accuracy on the answer positions after 2 epochs, 100% after 20.
+Measured with a PyTorch twin of the model (2 layers, width 32, 4 heads;
+Adam lr 3e-3 with cosine decay, batch 32, 10 epochs of the default 4000
+training sequences): 99.92-99.96% on the answer positions over three seeds,
+in under a minute each on 2 CPU cores. With a constant lr 3e-3 it gets there
+too but spikes now and then (down to 95% after an epoch), so the decay is
+what makes the last epoch's figure dependable. bench/train.py runs this
+recipe on Ember.
 
     python examples/sort_digits.py --out data/sort_digits
     ember train models/transformer.ember --data data/sort_digits/train.npz \\
-        --val data/sort_digits/val.npz --optimizer adam --lr 3e-3 --epochs 20
+        --val data/sort_digits/val.npz --optimizer adam --lr 3e-3 --schedule cosine \\
+        --epochs 10
 """
 
 from __future__ import annotations
@@ -49,4 +54,4 @@ def make(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main(make, __doc__, default_n=8000)
+    main(make, __doc__, default_n=4000)
