@@ -118,6 +118,7 @@ class Module:
     launches: list[LaunchSite]      # every launch site, in launcher order
     plan: Plan
     symbols: list[str]
+    precision: str = "ieee"         # fp32 tl.dot precision (the roofline's peak)
 
 
 @dataclass
@@ -142,7 +143,7 @@ def emit_triton(g: Graph, fused: bool = True, precision: str = "ieee",
     kernels = "\n\n".join(k.source for k in codes)
     header = _header(g, title, state)
     source = f"{header}\n{PRELUDE}\n\n{kernels}\n\n\n{body}\n"
-    return Module(source, codes, state.launches, plan, sorted(state.symbols))
+    return Module(source, codes, state.launches, plan, sorted(state.symbols), precision)
 
 
 def _all_symbols(g: Graph) -> set[str]:

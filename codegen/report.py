@@ -17,11 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ember.ir import dims
+from ember.ir.dtypes import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.loc import DSLError
 from ember.ir.ops import ATTENTION_OPS, ELEMENTWISE, REDUCE, Op
 from ember.passes.fuse import Plan
 
+from . import roofline
 from .module import KernelCode, LaunchSite, Module
 
 
@@ -94,7 +96,9 @@ def report(mod: Module, env: Mapping[str, int]) -> dict[str, Any]:
     total = {"kernels": len(kernels), "launch_sites": len(sites),
              "launches": sum(s["launches"] for s in sites),
              "bytes": sum(s["bytes"] * s["launches"] for s in sites),
-             "flops": sum(s["flops"] * s["launches"] for s in sites)}
+             "flops": sum(s["flops"] * s["launches"] for s in sites),
+             "est_us": sum(s["est_us"] * s["launches"] for s in sites),
+             "target": roofline.H100.name}
     out = {"kernels": kernels, "launches": sites, "total": total}
     updates = [(site, s) for site, s in zip(mod.launches, sites) if site.kernel.kind == "foreach"]
     if updates:  # a training step: how the parameters are updated
@@ -112,23 +116,69 @@ def _kernel_report(code: KernelCode, sites: list[dict[str, Any]]) -> dict[str, A
     lines = sorted({line for s in sites for line in s["source_lines"]})
     return {"name": code.name, "kind": code.kind, "ops": sites[0]["ops"],
             "source_lines": lines, "bytes": sites[0]["bytes"], "flops": sites[0]["flops"],
-            "sites": len(sites), "launches": sum(s["launches"] for s in sites)}
+            "sites": len(sites), "launches": sum(s["launches"] for s in sites),
+            "est_us": sum(s["est_us"] * s["launches"] for s in sites),
+            "bound": sites[0]["bound"]}
 
 
 def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[str, Any]:
     """One launch site; `launches` counts the steps of the loops it is in."""
     g = site.plan.graph
-    moved = sum(_numel(g, i, env) * g.nodes[i].tensor.dtype.itemsize
+    reads = _selections(site)
+    moved = sum(_footprint(g, i, reads.get(i), env) * g.nodes[i].tensor.dtype.itemsize
                 for i in _buffers(site))
     moved += sum(math.prod(_bind(d, env) for d in shape) * dtype.itemsize
                  for _, shape, dtype in site.extras.values())
     loops = _enclosing_loops(mod.plan, site.plan) or []
+    flops = sum(_flops(g, i, env) for i in site.kernel.nodes)
+    peak = roofline.arithmetic(site.kernel.kind, _dtype(g, site.kernel.anchor), mod.precision)
+    seconds, bound = roofline.estimate(moved, flops, peak)
     return {"name": site.code.name, "kind": site.kernel.kind,
             "nodes": sorted(site.kernel.nodes),
             "ops": [g.nodes[i].op.value for i in sorted(site.kernel.nodes)],
-            "source_lines": source_lines(site), "bytes": moved,
-            "flops": sum(_flops(g, i, env) for i in site.kernel.nodes),
-            "launches": math.prod(_bind(length, env) for _, length in loops)}
+            "source_lines": source_lines(site), "bytes": moved, "flops": flops,
+            "launches": math.prod(_bind(length, env) for _, length in loops),
+            "est_us": seconds * 1e6, "bound": bound, "peak": peak}
+
+
+def _dtype(g: Graph, i: int) -> DType:
+    t = g.nodes[i].type
+    return (t[0] if isinstance(t, tuple) else t).dtype
+
+
+SELECTING = frozenset({Op.INDEX, Op.GATHER, Op.SLICE})
+
+
+def _selections(site: LaunchSite) -> dict[int, list[int] | None]:
+    """Buffer -> the selecting views (index, gather, slice) through which the
+    kernel reads it, or None when some read takes it whole. A loop step reading
+    x[:, t, :], or an embedding lookup, touches only what it selects."""
+    g, plan = site.plan.graph, site.plan
+    k = plan.kernels.index(site.kernel)
+    out: dict[int, list[int] | None] = {}
+    todo, seen = list(site.kernel.nodes), set()
+    while todo:
+        i = todo.pop()
+        for s in g.nodes[i].srcs:
+            if s in site.pointers.values() and (plan.home.get(i) == k or i not in plan.home):
+                if g.nodes[i].op in SELECTING and g.nodes[i].srcs[0] == s:
+                    sel = out.setdefault(s, [])
+                    if sel is not None:
+                        sel.append(i)
+                else:
+                    out[s] = None
+            if plan.home.get(s) is None and s not in seen:   # computed inline here
+                seen.add(s)
+                todo.append(s)
+    return out
+
+
+def _footprint(g: Graph, i: int, selections: list[int] | None, env: Mapping[str, int]) -> int:
+    """Elements of buffer i one launch touches."""
+    whole = _numel(g, i, env)
+    if not selections:
+        return whole
+    return min(whole, sum(_numel(g, s, env) for s in set(selections)))
 
 
 def _anchor(site: LaunchSite) -> Node:

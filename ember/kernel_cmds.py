@@ -109,14 +109,17 @@ def _verdict(resources: list[aot.KernelResources] | None) -> int:
 def _table(rep: dict[str, Any]) -> str:
     sm90 = bool(rep["kernels"]) and "registers" in rep["kernels"][0]
     extra = f" {'regs':>5} {'spills':>7} {'shared':>8}" if sm90 else ""
-    lines = [f"{'kernel':<34} {'sites':>5} {'launches':>8} {'bytes':>12} {'flops':>12}{extra}"]
+    lines = [f"{'kernel':<34} {'sites':>5} {'launches':>8} {'bytes':>12} {'flops':>12} "
+             f"{'est us':>8} {'bound':>7}{extra}"]
     for k in rep["kernels"]:
         more = (f" {k['registers']:>5} {k['spills']:>7} {k['shared_bytes']:>8}" if sm90 else "")
         lines.append(f"{k['name']:<34} {k['sites']:>5} {k['launches']:>8} {k['bytes']:>12} "
-                     f"{k['flops']:>12}{more}")
+                     f"{k['flops']:>12} {k['est_us']:>8.2f} {k['bound']:>7}{more}")
     t = rep["total"]
     lines.append(f"{'total':<34} {t['launch_sites']:>5} {t['launches']:>8} {t['bytes']:>12} "
-                 f"{t['flops']:>12}")
+                 f"{t['flops']:>12} {t['est_us']:>8.2f}")
+    lines.append(f"est us: a roofline floor on an {t['target']} (max of bytes over bandwidth and "
+                 f"flops over the kernel's peak, all launches); bound: which term is larger")
     if "saved_activation_bytes" in t:
         lines.append(f"saved activations (forward values the backward reads): "
                      f"{t['saved_activation_bytes']} bytes in {len(rep['saved_activations'])} "
