@@ -17,7 +17,8 @@ sequence (not two fixed windows), so nothing about *where* to look is given.
 
 Measured with a PyTorch twin of the model (hidden 32; Adam lr 3e-3, batch
 32, 10 epochs of the default 4000 training sequences): 99.9-100% validation
-accuracy over three seeds, under a minute each on 2 CPU cores. bench/train.py runs this recipe on Ember.
+accuracy over three seeds, under a minute each on 2 CPU cores.
+bench/train.py runs this recipe on Ember.
 
     python examples/temporal_order.py --out data/temporal_order
     ember train models/lstm.ember --data data/temporal_order/train.npz \\
