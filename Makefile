@@ -29,6 +29,10 @@ demo: $(STAMP)
 	$(VENV)/bin/ember run models/lstm.ember --entry loss --grad --dims B=4,T=6 --backend triton \
 		--check --save-grads out/lstm_grads.safetensors
 	$(VENV)/bin/ember compile models/lenet.ember --target sm_90 --dims B=8
+	$(VENV)/bin/ember compile models/lenet.ember --entry loss --train-step adamw --emit report \
+		--dims B=32
+	$(VENV)/bin/ember train models/lenet.ember --data digits --epochs 3 --lr 3e-3 --backend numpy \
+		--log out/lenet_metrics.jsonl --plot out/lenet_curves.png --save out/lenet.safetensors
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
