@@ -41,8 +41,9 @@ TEMPLATES = {"pointwise": pointwise, "reduce": reduce, "matmul": matmul, "conv":
              "pool": pool, "pool_grad": pool_grad, "attention": attention, "gates": gates,
              "attention_dkdv": attention_dkdv, "attention_dq": attention_dq,
              "foreach": foreach}
-TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "i32": "torch.int32",
-               "i64": "torch.int64", "bool": "torch.bool"}
+TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "bf16": "torch.bfloat16",
+               "f16": "torch.float16", "i32": "torch.int32", "i64": "torch.int64",
+               "bool": "torch.bool"}
 
 
 @dataclass

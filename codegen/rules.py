@@ -11,10 +11,11 @@ from __future__ import annotations
 from ember.ir.dtypes import DType
 from ember.ir.ops import Op
 
-TL_DTYPE = {DType.F32: "tl.float32", DType.F64: "tl.float64", DType.I32: "tl.int32",
-            DType.I64: "tl.int64", DType.BOOL: "tl.int1"}
-PTR_DTYPE = {DType.F32: "*fp32", DType.F64: "*fp64", DType.I32: "*i32", DType.I64: "*i64",
-             DType.BOOL: "*i1"}
+TL_DTYPE = {DType.F32: "tl.float32", DType.F64: "tl.float64", DType.BF16: "tl.bfloat16",
+            DType.F16: "tl.float16", DType.I32: "tl.int32", DType.I64: "tl.int64",
+            DType.BOOL: "tl.int1"}
+PTR_DTYPE = {DType.F32: "*fp32", DType.F64: "*fp64", DType.BF16: "*bf16", DType.F16: "*fp16",
+             DType.I32: "*i32", DType.I64: "*i64", DType.BOOL: "*i1"}
 
 NAN = "propagate_nan=tl.PropagateNan.ALL"  # NaN wins, as in NumPy and torch
 

@@ -24,9 +24,56 @@ from .writer import KernelWriter
 
 @dataclass
 class Launch:
+    """How the launcher runs a kernel, as expressions in its scope. `values()`
+    is the one expression for the constexprs, num_warps and num_stages in that
+    order: the launcher unpacks it and the sm_90 check evaluates it."""
+
     grid: list[str]                     # grid expressions (launcher scope)
     constexprs: dict[str, str]          # BLOCK_* -> expression (launcher scope)
     num_warps: str = "4"                # expression (launcher scope)
+    num_stages: str = "blocks.STAGES"   # expression (launcher scope)
+    config: str = ""                    # a blocks.Config call deciding all of them
+
+    def values(self) -> str:
+        if self.config:
+            return self.config
+        return ", ".join([*self.constexprs.values(), self.num_warps, self.num_stages])
+
+
+DOT_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+
+
+def dot_launch(grid: list[str], config: str) -> Launch:
+    """The launch of a dot kernel, whose blocks.Config decides everything."""
+    fields = [f.lower() for f in DOT_CONSTEXPRS]
+    return Launch(grid, {c: f"{config}.{f}" for c, f in zip(DOT_CONSTEXPRS, fields)},
+                  f"{config}.num_warps", f"{config}.num_stages", config)
+
+
+def grouped_tiles(w: KernelWriter, rows: str, cols: str) -> None:
+    """pid_m, pid_n of a dot kernel on a 1-D grid of tiles (program_id 0):
+    GROUP_M row tiles at a time sweep the columns together, so the B tiles
+    they share are still in L2 (Triton's matmul tutorial)."""
+    w.line("pid = tl.program_id(0)")
+    w.line(f"tiles_n = tl.cdiv({cols}, BLOCK_N)")
+    w.line("first_m = pid // (GROUP_M * tiles_n) * GROUP_M")
+    w.line(f"group_m = tl.minimum(tl.cdiv({rows}, BLOCK_M) - first_m, GROUP_M)")
+    w.line("pid_m = first_m + pid % group_m")
+    w.line("pid_n = pid % (GROUP_M * tiles_n) // group_m")
+
+
+def tile_count(rows: str, cols: str) -> str:
+    """The grid's first axis for grouped_tiles."""
+    return f"triton.cdiv({rows}, BLOCK_M) * triton.cdiv({cols}, BLOCK_N)"
+
+
+def dot_options(w: KernelWriter, a: int) -> str:
+    """The launcher's options to blocks.matmul for a dot on operand `a`:
+    `mma=True` where it runs on tensor cores (tf32 or 16-bit operands), and
+    the operand's size when it is not 4 bytes."""
+    size = w.dtype(a).itemsize
+    mma = size <= 2 or (size == 4 and w.precision != "ieee")
+    return ("" if size == 4 else f", itemsize={size}") + (", mma=True" if mma else "")
 
 
 def _name_index(w: KernelWriter, idx: tuple[Ix, ...], names: list[str]) -> tuple[Ix, ...]:
@@ -372,10 +419,10 @@ def matmul(w: KernelWriter) -> Launch:
     fold = len(sb) == 2  # b has no batch dims: a's batch rows join M
     rows = dims.prod(batch + (M,)) if fold else M
     nb = "1" if fold else dim_text(dims.prod(batch))
-    w.line("pid_m = tl.program_id(0)")
-    w.line("pid_n = tl.program_id(1)")
+    R, Nt, Kt = dim_text(rows), dim_text(N), dim_text(K)
+    grouped_tiles(w, R, Nt)
     if not fold:
-        w.line("pid_b = tl.program_id(2)")
+        w.line("pid_b = tl.program_id(1)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     w.axes(m=("rm", f"(rm < {dim_text(rows)})"), n=("rn", f"(rn < {dim_text(N)})"))
@@ -415,10 +462,8 @@ def matmul(w: KernelWriter) -> Launch:
     per_row = _row_reductions(w, out_idx, N)
     store_outputs(w, {o: per_row.get(w.shape(o), out_idx) for o in w.kernel.outputs
                       if o not in (a, colsum)})
-    R, Nt, Kt = dim_text(rows), dim_text(N), dim_text(K)
-    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({Nt}, BLOCK_N)", nb],
-                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({Nt})",
-                   "BLOCK_K": f"blocks.tile_k({Kt})"})
+    config = f"blocks.matmul({R}, {Nt}, {Kt}{dot_options(w, a)})"
+    return dot_launch([tile_count(R, Nt), nb], config)
 
 
 def colsum_start(w: KernelWriter, acc_t: str) -> None:
@@ -463,7 +508,11 @@ def _row_reductions(w: KernelWriter, out_idx: tuple[Ix, ...],
 
 
 def dot_precision(w: KernelWriter, m: int) -> str:
-    return f', input_precision="{w.precision}"' if w.dtype(m).value == "f32" else ""
+    """input_precision for a dot on fp32 operands (m: the dot op or an operand);
+    bf16/f16 operands (--precision bf16-mixed) take none, as f64 ones."""
+    n = w.g.nodes[m]
+    operand = n.srcs[0] if n.op in (Op.MATMUL, Op.CONV2D) else m
+    return f', input_precision="{w.precision}"' if w.dtype(operand) is DType.F32 else ""
 
 
 def operand(w: KernelWriter, i: int, idx: tuple[Ix, ...], axes: set[str]) -> Ix:

@@ -26,7 +26,7 @@ from ember.lang.lower import declared_buffers, declared_params, lower
 from ember.lang.parser import parse
 from ember.passes.grad import grad as differentiate
 from ember.passes.optim import OptimizerConfig, freeze, train_step
-from ember.passes.pipeline import PASS_NAMES, optimize
+from ember.passes.pipeline import PASS_NAMES, apply_precision, optimize
 from ember.passes.shapes import bind_dims
 from ember.runtime import init, oracle
 from ember.runtime.inputs import check_dim_names
@@ -52,7 +52,7 @@ def parse_file(path: str | Path) -> ast.Program:
 def compile_program(program: ast.Program, entry: str = "forward", stage: str = "opt",
                     options: Options = Options(), dims: Mapping[str, int] | None = None,
                     grad: bool = False, grad_inputs: Sequence[str] | bool = (),
-                    strict_dims: bool = False) -> Graph:
+                    strict_dims: bool = False, precision: str = "f32") -> Graph:
     """Lower one entry of a parsed program and run the pipeline up to `stage`:
     "ir" (lowering only), the name of a pipeline pass (the forward pipeline
     through it), "grad" (the gradient pass's output) or "opt" (everything).
@@ -60,7 +60,9 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
     gradient of the entry's first output (a scalar) with respect to every
     parameter and to `grad_inputs` (True: every float input), as outputs
     named `grad.<name>`. With strict_dims (the CLI's --dims), a name in `dims`
-    that the entry has no dimension of is an error rather than ignored."""
+    that the entry has no dimension of is an error rather than ignored.
+    `precision` bf16-mixed or f16-mixed rewrites the "opt" graph's dot products
+    last (passes/precision.py)."""
     g = _lower(program, entry, options, dims, strict_dims)
     if stage == "ir":
         return verify(g)
@@ -74,7 +76,7 @@ def compile_program(program: ast.Program, entry: str = "forward", stage: str = "
         g = verify(differentiate(g, grad_inputs or (), _entry_loc(program, entry)))
         if stage == "opt":
             g = optimize(g)
-    return verify(g)
+    return verify(apply_precision(g, precision) if stage == "opt" else g)
 
 
 def _lower(program: ast.Program, entry: str, options: Options,
@@ -90,7 +92,8 @@ def _lower(program: ast.Program, entry: str, options: Options,
 def compile_train_step(program: ast.Program, optimizer: OptimizerConfig, entry: str = "loss",
                        dims: Mapping[str, int] | None = None, float64: bool = False,
                        frozen: Collection[str] = (), strict_dims: bool = False,
-                       stage: str = "opt", dropout: bool = True) -> Graph:
+                       stage: str = "opt", dropout: bool = True, precision: str = "f32"
+                       ) -> Graph:
     """One whole training step of `entry` (a scalar loss) as a graph:
     forward in training mode, backward, gradient clipping and the optimizer
     update (passes/optim.py). `frozen` names parameters left untouched (no
@@ -100,7 +103,7 @@ def compile_train_step(program: ast.Program, optimizer: OptimizerConfig, entry: 
     g = optimize(_lower(program, entry, options, dims, strict_dims))
     g = differentiate(freeze(g, frozen), (), _entry_loc(program, entry))
     g = verify(train_step(g, optimizer))
-    return g if stage == "step" else verify(optimize(g))
+    return g if stage == "step" else verify(apply_precision(optimize(g), precision))
 
 
 def init_train_state(step: Graph, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

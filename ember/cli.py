@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from ember.ir.loc import DSLError
 from ember.passes.optim import OPTIMIZERS
+from ember.passes.precision import PRECISIONS
 from ember.runtime.files import ensure_distinct, printable
 
 from . import commands, train_cmd
@@ -76,8 +77,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="values for symbolic dimensions")
     p.add_argument("--train", action="store_true",
                    help="training mode: dropout active, batch norm uses batch statistics")
-    p.add_argument("--precision", choices=("f32", "f64"), default="f32",
-                   help="f64 runs f32-declared models in float64 (oracle checks)")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="f64 runs f32-declared models in float64 (oracle checks); "
+                        "bf16-mixed/f16-mixed run dot products on 16-bit operands")
     p.add_argument("--dot-precision", choices=DOT_PRECISIONS, default="ieee",
                    help="fp32 tl.dot precision in generated kernels (ieee)")
     p.add_argument("--grad", action="store_true",

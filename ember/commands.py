@@ -77,7 +77,8 @@ def _compile(program: ast.Program, args: argparse.Namespace, stage: str = "opt")
     if getattr(args, "train_step", None):
         return _compile_step(program, args, stage)
     return api.compile_program(program, args.entry, stage, _options(args), args.dims,
-                               grad=args.grad, grad_inputs=args.grad_inputs, strict_dims=True)
+                               grad=args.grad, grad_inputs=args.grad_inputs, strict_dims=True,
+                               precision=args.precision)
 
 
 def _compile_step(program: ast.Program, args: argparse.Namespace, stage: str) -> Graph:
@@ -90,7 +91,8 @@ def _compile_step(program: ast.Program, args: argparse.Namespace, stage: str) ->
         raise DSLError(f"--train-step shows the step graph (--emit opt) or its kernels, "
                        f"not --emit {stage}")
     return api.compile_train_step(program, OptimizerConfig(args.train_step), args.entry,
-                                  args.dims, float64=args.precision == "f64", strict_dims=True)
+                                  args.dims, float64=args.precision == "f64", strict_dims=True,
+                                  precision=args.precision)
 
 
 def _save_grads(args: argparse.Namespace, program: ast.Program, g: Graph,
@@ -110,7 +112,7 @@ def _check(args: argparse.Namespace, g: Graph, inputs: dict[str, np.ndarray],
            outs: dict[str, np.ndarray]) -> bool:
     """Compare with the oracle; True if some output is outside its tolerance."""
     want = api.run(g, inputs, params, args.seed, env)
-    results = backends.compare(outs, want, args.dot_precision)
+    results = backends.compare(outs, want, args.dot_precision, args.precision)
     for r in results:
         print(r)
     return not all(r.ok for r in results)

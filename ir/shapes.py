@@ -242,9 +242,16 @@ def _gather(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return _t(ids.shape + table.shape[1:], table.dtype)
 
 
+def accumulator(dtype: DType) -> DType:
+    """What a dot-product op (matmul, conv2d, attention) returns: bf16 and f16
+    operands accumulate in f32 and the f32 sum is the result, as a tensor
+    core's accumulator; casting it back to 16 bits is a separate, explicit op."""
+    return DType.F32 if dtype.is_low else dtype
+
+
 def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     a, b = ins
-    dtype = _same_dtype(Op.MATMUL, ins)
+    dtype = accumulator(_same_dtype(Op.MATMUL, ins))
     if a.rank < 2 or b.rank < 2:
         raise ShapeError(f"matmul needs operands of rank >= 2, found {a} @ {b}")
     if a.shape[-1] != b.shape[-2]:
@@ -266,7 +273,7 @@ def window_out(size: Dim, k: int, s: int, p: int, d: int = 1) -> int:
 
 def _conv2d(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     x, w = ins
-    dtype = _same_dtype(Op.CONV2D, ins)
+    dtype = accumulator(_same_dtype(Op.CONV2D, ins))
     if x.rank != 4 or w.rank != 4:
         raise ShapeError(f"conv2d expects x [N, C, H, W] and w [O, C/groups, KH, KW], "
                          f"found {x} and {w}")
@@ -312,7 +319,7 @@ def score_type(ins: list[TensorType]) -> TensorType:
                          f"with one batch shape, found {q}, {k}, {v}")
     if not q.dtype.is_float or len({q.dtype, k.dtype, v.dtype}) != 1:
         raise ShapeError(f"attention expects q, k, v of one float dtype, found {q}, {k}, {v}")
-    return _t(q.shape[:-1] + k.shape[-2:-1], q.dtype)
+    return _t(q.shape[:-1] + k.shape[-2:-1], accumulator(q.dtype))
 
 
 def score_inputs(op: Op, ins: list[TensorType]) -> list[TensorType]:
@@ -343,14 +350,15 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
 
 
 def _attention_grad(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
-    """(dq, dk, dv), typed as q, k, v; do, lse and delta typed as o and lse."""
+    """(dq, dk, dv), shaped as q, k, v in the scores' dtype; do, lse and delta
+    typed as o and lse."""
     s = score_type(ins)
     _region_outputs(Op.ATTENTION_GRAD, attrs, s)
     o, lse = _results(s, ins[2])
     if len(ins) < 6 or ins[3:6] != [o, lse, lse]:
         raise ShapeError(f"attention_grad expects do {o}, lse {lse} and delta {lse}, found "
                          f"{', '.join(map(str, ins[3:6]))}")
-    return ins[0], ins[1], ins[2]
+    return tuple(_t(t.shape, s.dtype) for t in ins[:3])
 
 
 def _foreach(ins: list[TensorType], attrs: dict[str, Any]) -> Type:

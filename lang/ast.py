@@ -148,7 +148,7 @@ IndexItem = Expr | Slice | EllipsisItem | NewAxis
 
 # ---------------------------------------------------------------------- types
 
-TENSOR_DTYPES = ("f32", "f64", "i32", "i64", "bool")
+TENSOR_DTYPES = ("f32", "f64", "bf16", "f16", "i32", "i64", "bool")
 SCALAR_DTYPES = ("int", "float")
 
 

@@ -10,6 +10,7 @@ from ember.ir.verify import verify
 from .cleanup import cse, dce
 from .hoist import hoist
 from .inline import inline
+from .precision import low_dtype, mixed_precision
 from .recognize import recognize
 from .shapes import infer_shapes
 from .simplify import fold_constants, simplify
@@ -41,3 +42,11 @@ def optimize(g: Graph, check: bool = False, until: str | None = None) -> Graph:
         if name == until:
             break
     return g
+
+
+def apply_precision(g: Graph, precision: str) -> Graph:
+    """The last step of compiling, after the forward pipeline and `grad`:
+    `--precision bf16-mixed|f16-mixed` runs the dot products on 16-bit operands
+    (passes/precision.py); f32 and f64 leave g as it is."""
+    low = low_dtype(precision)
+    return g if low is None else mixed_precision(g, low)

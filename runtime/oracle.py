@@ -5,6 +5,12 @@ Each op's meaning is one entry of `eval_rules`; every generated kernel is
 checked against this interpreter, and tests pin each rule to PyTorch. After
 each node the result is checked against the node's type (shape bound to the
 run's dims, dtype exact), so an oracle bug cannot hide behind broadcasting.
+
+bf16 and f16 follow PyTorch's CPU reference: each op reads its 16-bit
+operands as float32, computes in float32, and its result is rounded to the
+stored type (`ir/dtypes.py`: a bf16 value is a float32 array holding
+bf16-representable numbers). Inputs and parameters of those types are rounded
+as they are read, as torch's `.to(torch.bfloat16)` would.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ember.ir import dims
+from ember.ir.dtypes import round_to, widen
 from ember.ir.graph import Builder, Graph, Node, TensorType
 from ember.ir.loc import DSLError
 from ember.ir.ops import Op
@@ -45,7 +52,8 @@ def evaluate(g: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.ndarr
     for i in g.inputs:
         bind_input(g.nodes[i], inputs[g.nodes[i].attrs["name"]], ctx.dims)
     with np.errstate(all="ignore"):  # IEEE results (inf, nan) are the meaning, not warnings
-        return run_graph(g, [inputs[g.nodes[i].attrs["name"]] for i in g.inputs], ctx)
+        return run_graph(g, [round_to(inputs[g.nodes[i].attrs["name"]], g.nodes[i].tensor.dtype)
+                             for i in g.inputs], ctx)
 
 
 def bind_input(n: Node, value: np.ndarray, env: dict[str, int]) -> None:
@@ -77,14 +85,15 @@ def run_graph(g: Graph, args: list[Any], ctx: Ctx) -> list[Any]:
     for i, n in enumerate(g.nodes):
         if vals[i] is None:
             with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
-                vals[i] = _checked(n, eval_rules[n.op](n, [vals[s] for s in n.srcs], ctx), ctx)
+                args = [widen(vals[s]) for s in n.srcs]
+                vals[i] = _checked(n, eval_rules[n.op](n, args, ctx), ctx)
     return [vals[o] for o in g.outputs]
 
 
 def _checked(n: Node, v: Any, ctx: Ctx) -> Any:
     if not isinstance(n.type, TensorType):
         return v
-    v = np.asarray(v).astype(n.type.dtype.np, copy=False)
+    v = round_to(np.asarray(v), n.type.dtype)
     expected = dims.bind_shape(n.type.shape, ctx.dims)
     assert v.shape == expected, f"oracle bug: {n.op.value} gave {v.shape}, type says {expected}"
     return v

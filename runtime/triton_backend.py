@@ -69,6 +69,8 @@ def _select_mode() -> None:
         return
     if not has_gpu():
         os.environ["TRITON_INTERPRET"] = "1"
+        from .interp_bf16 import patch
+        patch()  # bf16 dots and casts as on the GPU
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 

@@ -414,11 +414,11 @@ t.em:1:8: error: expected '{' after the model name, found '('
       |        ^""",
     ),
     (
-        "layer L { param w: f16[4] = zeros }\n",
+        "layer L { param w: f8[4] = zeros }\n",
         """\
-t.em:1:20: error: unknown type 'f16'; expected one of f32, f64, i32, i64, bool, int, float
-    1 | layer L { param w: f16[4] = zeros }
-      |                    ^^^""",
+t.em:1:20: error: unknown type 'f8'; expected one of f32, f64, bf16, f16, i32, i64, bool, int, float
+    1 | layer L { param w: f8[4] = zeros }
+      |                    ^^""",
     ),
     (
         "layer L { param w: f32[4] = 0.5 }\n",
