@@ -20,6 +20,7 @@ from ember.lang import ast
 from ember.lang.emitter import Options
 from ember.lang.lower import declared_buffers
 from ember.passes.optim import OPTIMIZERS, OptimizerConfig
+from ember.passes.precision import PRECISIONS
 from ember.runtime import checkpoint, data
 from ember.runtime.files import ensure_distinct
 from ember.runtime.schedules import SCHEDULES, Schedule
@@ -78,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser, dims: Callable[[str], dict[str, in
                    help="seed for initialization, shuffling and dropout (0)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: triton on a CUDA GPU, else the numpy oracle")
-    p.add_argument("--precision", choices=("f32", "f64"), default="f32",
-                   help="f64 trains in float64 (exact comparisons)")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="f64 trains in float64 (exact comparisons); bf16-mixed/f16-mixed "
+                        "run dot products on 16-bit operands, with f32 master weights")
     p.add_argument("--dot-precision", choices=DOT_PRECISIONS, default="ieee",
                    help="fp32 tl.dot precision in generated kernels (ieee)")
     p.add_argument("--dims", type=dims, default={}, metavar="T=16",
@@ -109,7 +111,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     frozen = _frozen(program, args.freeze, float64)
     _check_batch_dims(api.compile_program(program, args.entry, "ir"), args.dims)
     step = api.compile_train_step(program, optimizer, args.entry, args.dims, float64, frozen,
-                                  strict_dims=True)
+                                  strict_dims=True, precision=args.precision)
     inputs = {step.nodes[i].attrs["name"]: step.nodes[i].tensor for i in step.inputs
               if not step.nodes[i].attrs["name"].startswith("optim.")}
     task = _task(args, program, step, optimizer, inputs, float64)

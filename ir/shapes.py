@@ -351,11 +351,12 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
 
 def _attention_grad(ins: list[TensorType], attrs: dict[str, Any]) -> Type:
     """(dq, dk, dv), shaped as q, k, v in the scores' dtype; do, lse and delta
-    typed as o and lse."""
+    typed as o and lse (do may also be in q's 16-bit dtype: it feeds products)."""
     s = score_type(ins)
     _region_outputs(Op.ATTENTION_GRAD, attrs, s)
     o, lse = _results(s, ins[2])
-    if len(ins) < 6 or ins[3:6] != [o, lse, lse]:
+    dos = (o, _t(o.shape, ins[0].dtype))
+    if len(ins) < 6 or ins[3] not in dos or ins[4:6] != [lse, lse]:
         raise ShapeError(f"attention_grad expects do {o}, lse {lse} and delta {lse}, found "
                          f"{', '.join(map(str, ins[3:6]))}")
     return tuple(_t(t.shape, s.dtype) for t in ins[:3])

@@ -27,9 +27,8 @@ PRECISIONS = ("f32", "f64", "bf16-mixed", "f16-mixed")
 LOW = {"bf16-mixed": DType.BF16, "f16-mixed": DType.F16}
 
 # each dot-product op and how many of its leading operands feed the products
-# (attention_grad's do, lse and delta stay f32: do's products with v and p are
-# rounded in the kernel, as FlashAttention-2 does)
-DOT_OPERANDS = {Op.MATMUL: 2, Op.CONV2D: 2, Op.ATTENTION: 3, Op.ATTENTION_GRAD: 3}
+# (attention_grad's q, k, v and do, as in FlashAttention-2; lse and delta stay f32)
+DOT_OPERANDS = {Op.MATMUL: 2, Op.CONV2D: 2, Op.ATTENTION: 3, Op.ATTENTION_GRAD: 4}
 
 
 def low_dtype(precision: str) -> DType | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ember.ir import dims
+from ember.ir.dtypes import round_to
 from ember.ir.graph import Graph, Node, TensorType, walk_nodes
 from ember.ir.loc import UNKNOWN, DSLError, Loc
 from ember.ir.ops import Op
@@ -190,7 +191,7 @@ def _draw(g: Graph, i: int, env: dict[str, int], rng: np.random.Generator
     shape = dims.bind_shape(t.shape, env)
     label = f"{t.dtype}[{', '.join(map(str, shape))}]"
     if t.dtype.is_float:
-        return rng.standard_normal(shape).astype(t.dtype.np), f"{label} ~ N(0, 1)"
+        return round_to(rng.standard_normal(shape), t.dtype), f"{label} ~ N(0, 1)"
     if t.dtype.is_int:
         hi = int_bound(g, i) or 2
         return rng.integers(0, hi, shape).astype(t.dtype.np), f"{label} ~ U{{0..{hi - 1}}}"

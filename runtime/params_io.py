@@ -33,7 +33,8 @@ READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFErro
                MemoryError, OverflowError)
 
 ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64,
-             "BOOL": np.bool_, "F16": np.float16, "I8": np.int8, "U8": np.uint8}
+             "BOOL": np.bool_, "F16": np.float16, "I8": np.int8, "U8": np.uint8,
+             "BF16": np.uint16}  # read as bits, then widened (NumPy has no bfloat16)
 
 
 def array_type(a: np.ndarray) -> str:
@@ -114,7 +115,7 @@ def _reason(e: BaseException) -> str:
 
 
 def _safetensors_bytes(params: dict[str, np.ndarray]) -> bytes:
-    names = {np.dtype(v): k for k, v in ST_DTYPES.items()}
+    names = {np.dtype(v): k for k, v in ST_DTYPES.items() if k != "BF16"}
     header, offset, blobs = {}, 0, []
     for name in sorted(params):
         a = np.ascontiguousarray(params[name]).reshape(np.shape(params[name]))  # keeps 0-d
@@ -139,6 +140,12 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"tensor '{name}' has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
         dt = np.dtype(ST_DTYPES[info["dtype"]]).newbyteorder("<")
-        out[name] = np.frombuffer(raw[base + begin:base + end], dt).reshape(info["shape"]).astype(
+        a = np.frombuffer(raw[base + begin:base + end], dt).reshape(info["shape"]).astype(
             dt.newbyteorder("="))
+        out[name] = _from_bf16(a) if info["dtype"] == "BF16" else a
     return out
+
+
+def _from_bf16(bits: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns as the float32 array that holds bf16 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)

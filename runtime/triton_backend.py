@@ -65,13 +65,13 @@ def _select_mode() -> None:
     """Interpret kernels when there is no GPU. Must run before the first import
     of triton.language, whose own @jit helpers (tl.zeros, ...) take their mode
     from TRITON_INTERPRET at that moment."""
-    if "triton.language" in sys.modules:
-        return
-    if not has_gpu():
-        os.environ["TRITON_INTERPRET"] = "1"
+    if "triton.language" not in sys.modules:
+        if not has_gpu():
+            os.environ["TRITON_INTERPRET"] = "1"
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    if os.environ.get("TRITON_INTERPRET") == "1":
         from .interp_bf16 import patch
         patch()  # bf16 dots and casts as on the GPU
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
 def load_module(path: Path, name: str) -> ModuleType:
