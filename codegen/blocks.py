@@ -4,6 +4,8 @@ length. The same functions run in the launcher and in ahead-of-time compiles."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
@@ -50,6 +52,35 @@ def reduce_rows(rows: int, cols: int, itemsize: int = 4, inner: bool = True) -> 
     return 1 if inner else min(next_pow2(rows), OUTER_ROWS)
 
 
+class Config(NamedTuple):
+    """The launch of a dot kernel (matmul, conv, gates): its tiles, how many
+    row tiles a group of programs shares (GROUP_M, for L2 reuse), warps and
+    software-pipeline stages. The launcher unpacks it in this order and the
+    ahead-of-time check compiles the same values."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+
+#: Stages of kernels without a dot: the launcher and the sm_90 check agree on
+#: 2, which every such kernel of every model compiles with, without spills.
+STAGES = 2
+#: Streaming multiprocessors of an H100 SXM: big tiles only when they still
+#: give every SM a program.
+SMS = 132
+GROUP_M = 8
+
+#: fp32 FMAs per thread per K step of a dot without tensor cores (`ieee`, f64):
+#: the FMA layout keeps every A row and B column a thread touches in registers.
+#: Measured on sm_90 (`a + h @ w`, K=32): 64x64x32 spills at 4 warps (1024) and
+#: 8 (512), 32x64x32 at 4 (512); 32x64x32 at 8 warps and 64x64x16 (256) do not.
+FMA_WORK = 256
+
+
 def tile(n: int) -> int:
     """M or N tile of a dot: 16 (the tensor-core minimum) to 64."""
     return min(64, max(16, next_pow2(n)))
@@ -58,6 +89,49 @@ def tile(n: int) -> int:
 def tile_k(k: int) -> int:
     """K tile: 16 or 32 (sm_90 needs K >= 8 for fp32, >= 16 for halves)."""
     return min(32, max(16, next_pow2(k)))
+
+
+def matmul(m: int, n: int, k: int, itemsize: int = 4, mma: bool = False) -> Config:
+    """The configuration of an [m, k] x [k, n] GEMM. With tensor cores (`mma`:
+    tf32 or 16-bit operands) a problem that fills every SM with 128-row tiles
+    gets 128 x 128 (x 256 for 16-bit operands), 8 warps and 3 stages, as
+    Triton's tutorial configurations; anything else 64 x 64 tiles within the
+    FMA budget."""
+    if mma and _programs(m, n, 128, 128) >= SMS:
+        wide = 256 if itemsize <= 2 and _programs(m, n, 128, 256) >= SMS else 128
+        return Config(128, wide, 64 if itemsize <= 2 else 32, GROUP_M, 8, 3)
+    if mma:
+        return Config(tile(m), tile(n), tile_k(k), GROUP_M, 4, 3)
+    return fit(Config(tile(m), tile(n), tile_k(k), GROUP_M, 4, 2), FMA_WORK * 4 // itemsize)
+
+
+def conv(m: int, n: int) -> Config:
+    """An implicit-GEMM conv: rows are output pixels, columns output channels
+    (see conv_warps). Programs run row by row (GROUP_M 1): its B operand is a
+    small weight, and at GROUP_M 8 resnet's weight-gradient conv spilled 8
+    bytes on sm_90 (2 stages)."""
+    return Config(tile(m), tile(n), CONV_BLOCK_K, 1, conv_warps(m, n), STAGES)
+
+
+def fit(c: Config, work: int) -> Config:
+    """Raise warps to 8, then halve BLOCK_K to 16, then the larger of the M and
+    N tiles (not below 16), until each thread's FMAs per K step are within
+    `work`: the rule that keeps a dot without tensor cores out of local memory."""
+    while c.block_m * c.block_n * c.block_k > work * 32 * c.num_warps:
+        if c.num_warps < 8:
+            c = c._replace(num_warps=8)
+        elif c.block_k > 16:
+            c = c._replace(block_k=c.block_k // 2)
+        elif max(c.block_m, c.block_n) > 16:
+            side = "block_m" if c.block_m >= c.block_n else "block_n"
+            c = c._replace(**{side: getattr(c, side) // 2})
+        else:
+            break
+    return c
+
+
+def _programs(m: int, n: int, bm: int, bn: int) -> int:
+    return -(-int(m) // bm) * -(-int(n) // bn)
 
 
 #: K tile of an implicit-GEMM conv. Each element of its input tile is a gather
@@ -116,10 +190,18 @@ def head_dim(d: int) -> int:
     return max(16, next_pow2(d))
 
 
-def gate_tile(n: int) -> int:
-    """M or N tile of a gated GEMM: one fp32 accumulator per gate lives in
-    registers, so tiles stay at most 32 x 32 (4 gates: 32 registers/thread)."""
-    return min(32, max(16, next_pow2(n)))
+def gates(m: int, n: int, k: int, count: int, itemsize: int = 4, mma: bool = False) -> Config:
+    """A gated GEMM ([m, k] x [k, count * n], e.g. an LSTM's four gates) keeps
+    one accumulator per gate: the gates together get the tile of one matmul
+    as wide as all of them, each its share of the columns (at least 16; M
+    shrinks where that floor would widen the tile). Measured on sm_90 (LSTM
+    gates, B=100, fp32 ieee): 32 x 32 x 32 per gate at 4 warps took 234
+    registers, 64 x 32 x 32 spilled 840 bytes; shares of a 64 x 64 x 16 tile
+    take 54-80."""
+    c = matmul(m, n * count, k, itemsize, mma)
+    side = max(16, min(tile(n), c.block_n // count))
+    rows = max(16, min(c.block_m, c.block_m * c.block_n // (side * count)))
+    return c._replace(block_m=rows, block_n=side)
 
 
 #: Elements per program of a multi-tensor (foreach) kernel.

@@ -26,7 +26,18 @@ from ember.passes.fuse import Kernel, Plan
 
 from . import ix
 from .ix import Ix, dim_text
-from .templates import Launch, _index_names, _name_index, dot_precision, operand, store_outputs
+from .templates import (
+    Launch,
+    _index_names,
+    _name_index,
+    dot_launch,
+    dot_options,
+    dot_precision,
+    grouped_tiles,
+    operand,
+    store_outputs,
+    tile_count,
+)
 from .writer import KernelWriter
 
 
@@ -221,8 +232,7 @@ def gates(w: KernelWriter) -> Launch:
     slices, total = k.info["slices"], k.info["total"]
     M, width = w.shape(k.anchor)
     Mt = dim_text(M)
-    w.line("pid_m = tl.program_id(0)")
-    w.line("pid_n = tl.program_id(1)")
+    grouped_tiles(w, Mt, str(width))
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     w.axes(m=("rm", f"(rm < {Mt})"), n=("rn", f"(rn < {width})"))
@@ -255,6 +265,6 @@ def gates(w: KernelWriter) -> Launch:
     store_outputs(w, {i: (rm, rn) for i in w.kernel.outputs if w.shape(i) == (M, width)})
     ks = [dim_text(w.shape(w.g.nodes[m].srcs[0])[-1]) for m in k.info["matmuls"]]
     kmax = ks[0] if len(ks) == 1 else f"max({', '.join(ks)})"
-    return Launch([f"triton.cdiv({Mt}, BLOCK_M)", f"triton.cdiv({width}, BLOCK_N)"],
-                  {"BLOCK_M": f"blocks.gate_tile({Mt})", "BLOCK_N": f"blocks.gate_tile({width})",
-                   "BLOCK_K": f"blocks.tile_k({kmax})"})
+    a = w.g.nodes[k.info["matmuls"][0]].srcs[0]
+    config = f"blocks.gates({Mt}, {width}, {kmax}, {len(accs)}{dot_options(w, a)})"
+    return dot_launch([tile_count(Mt, str(width))], config)

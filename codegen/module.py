@@ -327,16 +327,14 @@ def _kernel_step(plan: Plan, kern: Kernel, names: dict[int, str], counters: dict
         lines.append(f"{pad}{var} = {state.views[var]}" if var in state.views else
                      f"{pad}{var} = pool.empty(({dims_text}), {TORCH_DTYPE[dtype.value]})")
     consts = code.launch.constexprs
-    lines.append(f"{pad}{', '.join(consts)} = {', '.join(consts.values())}")
+    lines.append(f"{pad}{', '.join([*consts, 'WARPS', 'STAGES'])} = {code.launch.values()}")
     if kern.kind == "foreach":
         lines += setup_lines(plan, kern, names, pad)
     grid = ", ".join(code.launch.grid) + ("," if len(code.launch.grid) == 1 else "")
     bound = {**{p: names[i] for p, i in site.pointers.items()},
              **{p: var for p, (var, _, _) in site.extras.items()}, **site.scalars}
     args = [bound.get(p, p) for p, t in code.types.items() if t != "constexpr"]
-    args += [f"{c}={c}" for c in consts]
-    if code.launch.num_warps != "4":
-        args.append(f"num_warps={code.launch.num_warps}")
+    args += [f"{c}={c}" for c in consts] + ["num_warps=WARPS", "num_stages=STAGES"]
     lines.append(wrap_call(f"{pad}{code.name}[({grid})](", args, ")", pad))
     read = list(site.pointers.values())
     if kern.kind == "foreach":  # every group's operands, through the table

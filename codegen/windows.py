@@ -26,9 +26,12 @@ from .templates import (
     colsum_add,
     colsum_start,
     colsum_store,
+    dot_launch,
     dot_precision,
+    grouped_tiles,
     operand,
     store_outputs,
+    tile_count,
 )
 from .writer import KernelWriter
 
@@ -44,9 +47,8 @@ def conv(w: KernelWriter) -> Launch:
     ocg, ktot, rows = dims.div(OC, groups), dims.prod((CG, KH, KW)), dims.prod((N, OH, OW))
     assert ocg is not None, "the shape rule checks that groups divide the channels"
     R, K, OCG = ix.dim_text(rows), ix.dim_text(ktot), ix.dim_text(ocg)
-    w.line("pid_m = tl.program_id(0)")
-    w.line("pid_n = tl.program_id(1)")
-    w.line("group = tl.program_id(2)")
+    grouped_tiles(w, R, OCG)
+    w.line("group = tl.program_id(1)")
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.line("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     w.axes(m=("rm", f"(rm < {R})"), n=("rn", f"(rn < {OCG})"))
@@ -72,9 +74,7 @@ def conv(w: KernelWriter) -> Launch:
     w.remember(c, out_idx, Ix("acc", frozenset({"m", "n"})))
     colsum_store(w, oc)
     store_outputs(w, {o: out_idx for o in w.kernel.outputs if o != colsum})
-    return Launch([f"triton.cdiv({R}, BLOCK_M)", f"triton.cdiv({OCG}, BLOCK_N)", str(groups)],
-                  {"BLOCK_M": f"blocks.tile({R})", "BLOCK_N": f"blocks.tile({OCG})",
-                   "BLOCK_K": "blocks.CONV_BLOCK_K"}, f"blocks.conv_warps({R}, {OCG})")
+    return dot_launch([tile_count(R, OCG), str(groups)], f"blocks.conv({R}, {OCG})")
 
 
 def _input_tile(w: KernelWriter, c: int, out: tuple[Ix, ...]) -> Ix:

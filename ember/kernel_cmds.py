@@ -66,26 +66,34 @@ def _emit_source(mod: Module, args: argparse.Namespace, g: Graph) -> None:
           f"and the launcher to {path}")
 
 
+def launch_config(code: KernelCode, env: dict[str, int]) -> tuple[dict[str, int], int, int]:
+    """(constexprs, num_warps, num_stages) the launcher passes at these dims:
+    the value of the very expression it unpacks (Launch.values)."""
+    *consts, warps, stages = _launch_values(code.launch.values(), env)
+    return dict(zip(code.launch.constexprs, consts)), warps, stages
+
+
 def launch_constants(code: KernelCode, env: dict[str, int]) -> dict[str, int]:
     """The block sizes the launcher would pick at these dims."""
-    return {k: _launch_value(expr, env) for k, expr in code.launch.constexprs.items()}
+    return launch_config(code, env)[0]
 
 
-def _launch_value(expr: str, env: dict[str, int]) -> int:
+def _launch_values(expr: str, env: dict[str, int]) -> list[int]:
     """Evaluate a launcher expression (our own generated text) at these dims."""
     try:
         scope = {dim_name(k): v for k, v in env.items()}
-        return int(eval(expr, {"blocks": blocks, **scope}))
+        return [int(v) for v in eval(expr, {"blocks": blocks, **scope})]
     except NameError as e:
         raise DSLError(f"compiling for a GPU needs every dimension bound: {e}; pass --dims") \
             from None
 
 
 def aot_job(code: KernelCode, path: Path, env: dict[str, int]) -> dict[str, Any]:
-    """The ahead-of-time compile job for one kernel of a module written to `path`."""
+    """The ahead-of-time compile job for one kernel of a module written to `path`,
+    with the launch configuration the launcher would use at these dims."""
+    consts, warps, stages = launch_config(code, env)
     return {"path": str(path), "fn_name": code.name, "signature": code.signature(),
-            "constexprs": launch_constants(code, env),
-            "num_warps": _launch_value(code.launch.num_warps, env)}
+            "constexprs": consts, "num_warps": warps, "num_stages": stages}
 
 
 def _aot(mod: Module, env: dict[str, int]) -> list[aot.KernelResources]:
