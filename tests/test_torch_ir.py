@@ -187,3 +187,21 @@ def test_scan_matches_oracle(reverse, length):
     got = evaluate_torch(g, inputs, {})
     for e, t in zip(expected, got, strict=True):
         assert t.shape == e.shape and np.allclose(t.numpy(), e, rtol=TOL64, atol=TOL64)
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet"])
+def test_training_step_matches_oracle_f64(model):
+    """The step graph (foreach update, summing foreach norm, batch norm's
+    running statistics) in the independent evaluator."""
+    from ember.lang.emitter import Options
+    from ember.passes.optim import OptimizerConfig
+    config = OptimizerConfig("adamw", weight_decay=0.01, clip=0.1)
+    program = api.parse_file(MODELS / f"{model}.ember")
+    g = api.compile_train_step(program, config, float64=True, dropout=False)
+    params = api.init_train_state(g, api.init_model_params(program, Options(float64=True)))
+    inputs, env, _ = draw_inputs(g, {}, {"B": 3}, 4)
+    inputs.update(api.step_scalars(config, 1e-2, 3, float64=True))
+    expected = oracle.evaluate(g, inputs, params, seed=4, env=env)
+    got = evaluate_torch(g, inputs, params, seed=4, env=env)
+    for name, e, t in zip(g.output_names, expected, got, strict=True):
+        assert _close(t.detach().numpy(), e), name

@@ -188,6 +188,23 @@ def _pool_grad(n: Node, a: list[Any], ctx: Ctx) -> torch.Tensor:
     return flat.reshape(x.shape)
 
 
+def _foreach(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
+    """The scalar region vmapped over each group's elements (the oracle instead
+    evaluates it on whole arrays), summed over everything when reduce=True."""
+    groups, arity, body = n.attrs["groups"], n.attrs["arity"], n.attrs["body"]
+    scalars = a[groups * arity:]
+    per_element = torch.vmap(lambda *xs: tuple(_run(body, [*xs, *scalars], ctx)))
+    out: list[Any] = []
+    for k in range(groups):
+        operands = a[k * arity:(k + 1) * arity]
+        results = per_element(*(x.reshape(-1) for x in operands))
+        out += [r.reshape(operands[0].shape) for r in results]
+    if n.attrs.get("reduce"):
+        r = len(body.outputs)
+        return tuple(sum(v.sum() for v in out[j::r]) for j in range(r))
+    return tuple(out)
+
+
 def _loop(n: Node, a: list[Any], ctx: Ctx) -> tuple[Any, ...]:
     """A scan: carries threaded through the steps; xs read and ys stacked per step."""
     k, nx = n.attrs["n_carry"], n.attrs.get("n_xs", 0)
@@ -271,6 +288,6 @@ torch_rules: dict[Op, TorchRule] = {
     Op.AVG_POOL2D: _pool(F.avg_pool2d, count_include_pad=True),
     Op.MAX_POOL2D_GRAD: _pool_grad,
     Op.ATTENTION: _attention, Op.ATTENTION_GRAD: _attention_grad,
-    Op.CALL: _call, Op.LOOP: _loop,
+    Op.CALL: _call, Op.LOOP: _loop, Op.FOREACH: _foreach,
     Op.GET: lambda n, a, ctx: a[0][n.attrs["index"]],
 }
