@@ -62,3 +62,11 @@ def test_peaks_follow_the_operands() -> None:
     assert roofline.arithmetic("matmul", DType.F32, "tf32") == "tf32"
     assert roofline.arithmetic("pointwise", DType.F32, "tf32") == "f32"
     assert roofline.arithmetic("conv", DType.F64, "ieee") == "f64"
+
+
+def test_mixed_precision_dots_run_at_the_tensor_core_peak() -> None:
+    g = api.compile_program(parse(MATMUL, "m.ember"), "forward", dims={"B": 4096},
+                            precision="bf16-mixed")
+    rep = report(emit_triton(g), {"B": 4096})
+    (k,) = [k for k in rep["kernels"] if k["kind"] == "matmul"]
+    assert k["est_us"] == pytest.approx(k["flops"] / 989e12 * 1e6)
