@@ -7,7 +7,8 @@ points at:
 - names, numbers, `true`/`false`, `...`, `None`: the token;
 - other expressions (calls, operators, indexing, tuples, slices) and types:
   the whole expression;
-- `Let`, `Return`: the whole statement; `For`: its header `for v in expr`;
+- `Let`, `Return`, `Yield`, `LetFor`: the whole statement (its first line);
+  `For`: its header `for v in expr`;
 - definitions (`FnDef`, `LayerDef`, `ConstDef`, `ParamDef`, `SubLayerDef`,
   `Arg`): the defined name.
 
@@ -192,7 +193,25 @@ class For(Node):
     loc: Loc
 
 
-Stmt = Let | Return | For
+@dataclass(frozen=True)
+class Yield(Node):
+    """`yield a, b`: the last statement of a loop bound by `LetFor`, its per-step outputs."""
+
+    values: tuple[Expr, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class LetFor(Node):
+    """`let hs, cs = for t in range(n) { ...; yield h, c }`: each target holds one
+    yielded value of every step, stacked as [n, ...]."""
+
+    targets: tuple[str, ...]
+    loop: For
+    loc: Loc
+
+
+Stmt = Let | Return | For | Yield | LetFor
 
 # ---------------------------------------------------------------- definitions
 
@@ -208,11 +227,13 @@ class Arg(Node):
 
 @dataclass(frozen=True)
 class FnDef(Node):
-    """`def name(args) -> ret { body }`; ret is None when no return type is written."""
+    """`def name(args) -> ret { body }`; ret is None when no return type is written.
+    ret_names holds the results' names when `-> (a: T, b: U)` names them, else ()."""
 
     name: str
     args: tuple[Arg, ...]
     ret: tuple[TypeAnn, ...] | None
+    ret_names: tuple[str, ...]
     body: tuple[Stmt, ...]
     loc: Loc
 

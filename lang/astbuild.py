@@ -95,7 +95,26 @@ class AstBuilder(Transformer_NonRecursive):
 
     def fn_def(self, meta: Meta, children: list) -> ast.FnDef:
         name, args, ret, body = children
-        return ast.FnDef(str(name), args or (), ret, body, self._tok(name))
+        types = tuple(t for _, t in ret) if ret is not None else None
+        return ast.FnDef(str(name), args or (), types, self._result_names(ret or ()), body,
+                         self._tok(name))
+
+    def _result_names(self, ret: tuple[tuple[Token | None, ast.TypeAnn], ...]
+                      ) -> tuple[str, ...]:
+        """The results' names: all of them or none, each once."""
+        names = [name for name, _ in ret if name is not None]
+        if not names:
+            return ()
+        if len(names) != len(ret):
+            unnamed = next(t for name, t in ret if name is None)
+            raise DSLError("name every result or none: this one has no name", unnamed.loc,
+                           "write 'name: type', as in '-> (logits: f32[B, C], loss: f32[])'")
+        for k, name in enumerate(names):
+            if name in names[:k]:
+                first = self._tok(names[names.index(name)])
+                raise DSLError(f"result '{name}' is named twice", self._tok(name),
+                               f"first named at {first}")
+        return tuple(str(name) for name in names)
 
     def args(self, meta: Meta, children: list) -> tuple[ast.Arg, ...]:
         return tuple(children)
@@ -104,8 +123,12 @@ class AstBuilder(Transformer_NonRecursive):
         name, type_ann = children
         return ast.Arg(str(name), type_ann, self._tok(name))
 
-    def ret_type(self, meta: Meta, children: list) -> tuple[ast.TypeAnn, ...]:
+    def ret_type(self, meta: Meta, children: list) -> tuple[tuple[Token | None, ast.TypeAnn], ...]:
         return tuple(children)
+
+    def ret_item(self, meta: Meta, children: list) -> tuple[Token | None, ast.TypeAnn]:
+        name, type_ann = children
+        return name, type_ann
 
     def layer_def(self, meta: Meta, children: list) -> ast.LayerDef:
         name, hparams, members = children
@@ -177,6 +200,14 @@ class AstBuilder(Transformer_NonRecursive):
     def assign_stmt(self, meta: Meta, children: list) -> ast.Let:
         targets, values = children
         return ast.Let(targets, _single_or_tuple(values), False, self._meta(meta))
+
+    def let_for_stmt(self, meta: Meta, children: list) -> ast.LetFor:
+        targets, loop = children
+        return ast.LetFor(targets, loop, self._meta(meta))
+
+    def yield_stmt(self, meta: Meta, children: list) -> ast.Yield:
+        (values,) = children
+        return ast.Yield(values.items, self._meta(meta))
 
     def targets(self, meta: Meta, children: list) -> tuple[str, ...]:
         return tuple(str(name) for name in children)

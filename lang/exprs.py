@@ -294,13 +294,15 @@ def _index(em: Any, e: ast.Index) -> Any:
     raise DSLError(f"{describe(base)} cannot be indexed", e.loc)
 
 
-def tensor_results(em: Any, ret: ast.Return) -> tuple[Tensor, ...]:
+def tensor_results(em: Any, ret: ast.Return | ast.Yield) -> tuple[Tensor, ...]:
+    """The tensors a `return` (or a loop's `yield`) gives; a returned tuple is unpacked."""
     values = [eval_expr(em, v) for v in ret.values]
     if len(values) == 1 and isinstance(values[0], tuple):
         values = list(values[0])
+    what = "functions return" if isinstance(ret, ast.Return) else "loops yield"
     for v, expr in zip(values, ret.values * len(values)):
         if not isinstance(v, Tensor):
-            raise DSLError(f"functions return tensors, found {describe(v)}", expr.loc)
+            raise DSLError(f"{what} tensors, found {describe(v)}", expr.loc)
     return tuple(values)
 
 

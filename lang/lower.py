@@ -214,10 +214,18 @@ def lower_entry(ctx: Context, method: Method) -> Graph:
             raise DSLError(f"entry function arguments must be tensors, '{a.name}' is "
                            f"{a.type.dtype}", a.loc)
     outs = run_body(em, method.fn)
-    names = tuple(f"out{k}" for k in range(len(outs))) if len(outs) > 1 else (method.fn.name,)
+    names = _output_names(method.fn, len(outs))
     names += tuple(f"new.{name}" for name in em.updates)
     outs += tuple(em.updates.values())
     return em.builder.build(tuple(inputs), tuple(o.id for o in outs), names)
+
+
+def _output_names(fn: ast.FnDef, n: int) -> tuple[str, ...]:
+    """The names the signature gives (`-> (logits: ..., loss: ...)`), else out0, out1, ...
+    (or the function's name for a single result)."""
+    if fn.ret_names:
+        return fn.ret_names
+    return tuple(f"out{k}" for k in range(n)) if n > 1 else (fn.name,)
 
 
 def _function_emitter(ctx: Context, method: Method) -> Emitter:
@@ -358,12 +366,19 @@ def _check_return(em: Emitter, fn: ast.FnDef, result: tuple[Tensor, ...]) -> Non
 
 
 def run_stmt(em: Emitter, stmt: ast.Stmt) -> None:
-    from .statements import run_for, run_let
+    from .statements import run_for, run_let, run_let_for
     em.ctx.loc = stmt.loc
     if isinstance(stmt, ast.Let):
         run_let(em, stmt)
     elif isinstance(stmt, ast.For):
         with deeper(em, stmt.loc):
             run_for(em, stmt)
+    elif isinstance(stmt, ast.LetFor):
+        with deeper(em, stmt.loc):
+            run_let_for(em, stmt)
+    elif isinstance(stmt, ast.Yield):
+        raise DSLError("'yield' is only allowed as the last statement of a loop whose "
+                       "per-step outputs are bound by 'let'", stmt.loc,
+                       "for example: let hs = for t in range(T) { ...; yield h }")
     else:
         raise DSLError("'return' is only allowed as the last statement of a function", stmt.loc)

@@ -208,7 +208,9 @@ def _expected_text(expected: set[str]) -> str:
     remaining = set(expected)
     if _EXPR_START <= remaining:
         phrases.append("an expression")
-        remaining -= _EXPR_START
+        # after 'let x =' a loop may stand for the value too (`let hs = for ...`),
+        # but "an expression" is what nearly everyone there meant
+        remaining -= _EXPR_START | {"FOR"}
     elif _BINARY_OPS <= remaining:
         phrases.append("an operator")
         remaining -= _BINARY_OPS | _POSTFIX_OPS

@@ -3,13 +3,15 @@
 `for blk in blocks` (an array of layer instances) is unrolled here, since each
 iteration reads different parameters. `for t in range(n)` becomes a LOOP
 region: the names the body reassigns are its carried state, the outer tensors
-it reads are captured as extra body inputs, and `t` is an i32 scalar.
+it reads are captured as extra body inputs, and `t` is an i32 scalar. In
+`let hs = for t in range(n) { ...; yield h }` the yielded values are the scan's
+per-step outputs, stacked [n, ...] by the LOOP itself: no O(n^2) accumulation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder
@@ -18,7 +20,7 @@ from ember.ir.ops import Op
 
 from . import ast
 from .emitter import MISSING, Emitter
-from .exprs import eval_expr
+from .exprs import eval_expr, tensor_results
 from .values import RUNTIME_DIM_NOTE, DimExpr, Instance, Tensor, as_dim, describe
 
 
@@ -50,8 +52,8 @@ def _check_assignable(em: Emitter, name: str, stmt: ast.Let) -> None:
 
 def run_for(em: Emitter, stmt: ast.For) -> None:
     it = stmt.iter
-    if isinstance(it, ast.Call) and isinstance(it.fn, ast.Name) and it.fn.id == "range":
-        _range_loop(em, stmt, it)
+    if _is_range(it):
+        _range_loop(em, stmt, it, None)
         return
     seq = eval_expr(em, it)
     if not (isinstance(seq, list) and all(isinstance(s, Instance) for s in seq)):
@@ -65,13 +67,38 @@ def run_for(em: Emitter, stmt: ast.For) -> None:
         del em.vars[name]
 
 
+def run_let_for(em: Emitter, stmt: ast.LetFor) -> None:
+    """`let hs = for t in range(n) { ...; yield h }`: bind each yielded value, stacked."""
+    loop, it = stmt.loop, stmt.loop.iter
+    if not _is_range(it):
+        raise DSLError("per-step outputs need a 'for t in range(n)' loop; a loop over a layer "
+                       "array is unrolled, so collect its results with stack(...)", it.loc)
+    last = loop.body[-1] if loop.body else None
+    if not isinstance(last, ast.Yield):
+        raise DSLError(f"a loop bound by 'let {', '.join(stmt.targets)} = for ...' must end "
+                       f"with 'yield'", stmt.loc, "for example: let hs = for t in range(T) "
+                       "{ h = tanh(x[:, t, :] @ w + h @ u); yield h }")
+    ys = _range_loop(em, loop, it, last)
+    if len(ys) != len(stmt.targets):
+        names = f"{len(stmt.targets)} name" + ("s" if len(stmt.targets) > 1 else "")
+        raise DSLError(f"'yield' gives {len(ys)} values per step, 'let' binds {names}",
+                       last.loc)
+    em.vars.update(zip(stmt.targets, ys))
+
+
+def _is_range(it: ast.Expr) -> TypeGuard[ast.Call]:
+    return isinstance(it, ast.Call) and isinstance(it.fn, ast.Name) and it.fn.id == "range"
+
+
 def _run_block(em: Emitter, body: tuple[ast.Stmt, ...]) -> None:
     from .lower import run_stmt
     for s in body:
         run_stmt(em, s)
 
 
-def _range_loop(em: Emitter, stmt: ast.For, it: ast.Call) -> None:
+def _range_loop(em: Emitter, stmt: ast.For, it: ast.Call,
+                yields: ast.Yield | None) -> tuple[Tensor, ...]:
+    """Emit the LOOP; rebind the carried names and return the stacked yields."""
     if len(it.args) != 1 or it.kwargs:
         raise DSLError("range takes one argument, the number of steps", it.loc)
     value = eval_expr(em, it.args[0])
@@ -86,15 +113,18 @@ def _range_loop(em: Emitter, stmt: ast.For, it: ast.Call) -> None:
     body.step = step
     inits = [em.find(n) for n in carried]
     carry_inputs = [_carry_input(em, body, n, t, stmt) for n, t in zip(carried, inits)]
-    _run_block(body, stmt.body)
+    _run_block(body, stmt.body[:-1] if yields else stmt.body)
     outs = [_carry_output(em, body, n, t, stmt) for n, t in zip(carried, inits)]
+    outs += tensor_results(body, yields) if yields else ()
     inputs = (step.id, *(c.id for c in carry_inputs), *(i.id for _, i in body.captures))
-    graph = body.builder.build(inputs, tuple(o.id for o in outs), tuple(carried))
+    names = (*carried, *(f"y{j}" for j in range(len(outs) - len(carried))))
+    graph = body.builder.build(inputs, tuple(o.id for o in outs), names)
     srcs = (*inits, *(o for o, _ in body.captures))
     loop = em.add(Op.LOOP, srcs, {"length": length, "n_carry": len(carried), "body": graph},
                   stmt.loc)
-    for k, name in enumerate(carried):
-        em.vars[name] = em.add(Op.GET, (loop,), {"index": k}, stmt.loc)
+    gets = [em.add(Op.GET, (loop,), {"index": k}, stmt.loc) for k in range(len(outs))]
+    em.vars.update(zip(carried, gets))
+    return tuple(gets[len(carried):])
 
 
 def _carry_input(em: Emitter, body: Emitter, name: str, init: Tensor, stmt: ast.For) -> Tensor:
