@@ -131,8 +131,8 @@ def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[
                  for _, shape, dtype in site.extras.values())
     loops = _enclosing_loops(mod.plan, site.plan) or []
     flops = sum(_flops(g, i, env) for i in site.kernel.nodes)
-    peak = roofline.arithmetic(site.kernel.kind, _operand_dtype(g, site.kernel.anchor),
-                               mod.precision)
+    computed = [site.kernel.anchor, *site.kernel.nodes]   # dq's kernel holds only its GET
+    peak = roofline.arithmetic(site.kernel.kind, _operand_dtype(g, computed), mod.precision)
     seconds, bound = roofline.estimate(moved, flops, peak)
     return {"name": site.code.name, "kind": site.kernel.kind,
             "nodes": sorted(site.kernel.nodes),
@@ -142,13 +142,17 @@ def _site_report(mod: Module, site: LaunchSite, env: Mapping[str, int]) -> dict[
             "est_us": seconds * 1e6, "bound": bound, "peak": peak}
 
 
-def _operand_dtype(g: Graph, i: int) -> DType:
-    """What the anchor computes on: a dot's operands (16-bit in mixed
-    precision, while it accumulates and returns f32), else its result."""
-    n = g.nodes[i]
-    if n.srcs and n.op in (Op.MATMUL, Op.CONV2D, Op.ATTENTION, Op.ATTENTION_GRAD):
-        return g.nodes[n.srcs[0]].tensor.dtype
-    t = n.type
+DOTS = (Op.MATMUL, Op.CONV2D, Op.ATTENTION, Op.ATTENTION_GRAD)
+
+
+def _operand_dtype(g: Graph, nodes: list[int]) -> DType:
+    """What a kernel computes on: its dots' operands (16-bit in mixed
+    precision, while a dot accumulates and returns f32), else its first node's
+    result."""
+    dots = [g.nodes[i] for i in nodes if g.nodes[i].op in DOTS]
+    if dots:
+        return g.nodes[dots[0].srcs[0]].tensor.dtype
+    t = g.nodes[nodes[0]].type
     return (t[0] if isinstance(t, tuple) else t).dtype
 
 
