@@ -26,6 +26,7 @@ from ember.codegen.saved import saved_activations
 from ember.ir.graph import Graph
 from ember.ir.loc import DSLError
 from ember.runtime.files import write_atomic
+from ember.runtime.inputs import require_dims
 
 
 def compile_kernels(g: Graph, args: argparse.Namespace) -> int:
@@ -35,6 +36,8 @@ def compile_kernels(g: Graph, args: argparse.Namespace) -> int:
         print(describe(mod))
     elif args.emit == "triton":
         _emit_source(mod, args, g)
+    if args.target:
+        require_dims(g, f"compiling for {args.target}")
     resources = _aot(mod, args.dims) if args.target else None
     if args.emit == "report":
         rep = report(mod, args.dims)

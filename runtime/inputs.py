@@ -101,13 +101,27 @@ def _check_file_input(n: Node, value: np.ndarray, file: str) -> None:
 
 def check_dim_names(g: Graph, env: Mapping[str, int]) -> None:
     """A --dims name the graph does not have is a typo, not something to ignore."""
-    known = set().union(*(_symbols(n) for n in walk_nodes(g)))
+    known = graph_dims(g)
     for name in env:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             have = ", ".join(sorted(known)) or "none"
             raise DSLError(f"--dims {name}: {g.name} has no dimension {name} (its dimensions: "
                            f"{have})", note=f"did you mean {close[0]}?" if close else "")
+
+
+def graph_dims(g: Graph) -> set[str]:
+    """The symbolic dims left in a graph (after bind_dims: the unbound ones)."""
+    return set().union(*(_symbols(n) for n in walk_nodes(g)))
+
+
+def require_dims(g: Graph, what: str) -> None:
+    """Say which dims need values, in the words of --dims, when some have none."""
+    missing = sorted(graph_dims(g))
+    if missing:
+        raise DSLError(f"{what} needs a value for every dimension; unbound: "
+                       f"{', '.join(missing)}", note="pass --dims " +
+                       ",".join(f"{d}=N" for d in missing))
 
 
 def _symbols(n: Node) -> set[str]:
