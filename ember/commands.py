@@ -17,7 +17,7 @@ from ember.passes.optim import OptimizerConfig
 from ember.passes.pipeline import PASS_NAMES
 from ember.runtime.files import write_atomic
 from ember.runtime.inputs import draw_inputs, ensure_fits, load_inputs
-from ember.runtime.params_io import check_params, load_params, save_npz, save_params
+from ember.runtime.params_io import conform_params, load_params, save_npz, save_params
 
 from . import api, backends
 
@@ -52,9 +52,9 @@ def run_cmd(args: argparse.Namespace) -> int:
     backend, why = backends.choose(args.backend)
     print(f"backend: {why}")
     params = _params(program, args)
-    given = load_inputs(g, args.input, args.inputs)
+    given, converted = load_inputs(g, args.input, args.inputs)
     inputs, env, notes = draw_inputs(g, given, args.dims, args.seed)
-    for note in notes:
+    for note in converted + notes:
         print(note)
     outs = backends.run(backend, g, inputs, params, args.seed, env, args.dot_precision,
                         fused=not args.no_fuse)
@@ -128,9 +128,8 @@ def _params(program: ast.Program, args: argparse.Namespace) -> dict[str, np.ndar
     expected = {k: t for k, (t, _) in api.model_params(program, _options(args)).items()}
     ensure_fits("the parameters", list(expected.items()), {})
     if args.params:
-        params = load_params(args.params)
-        check_params(params, expected, args.params)
-        print(f"loaded {len(params)} parameters from {args.params}")
+        params, converted = conform_params(load_params(args.params), expected, args.params)
+        print("\n".join([*converted, f"loaded {len(params)} parameters from {args.params}"]))
     else:
         params = api.init_model_params(program, _options(args), args.seed)
         print(f"initialized {len(params)} parameters with seed {args.seed}")

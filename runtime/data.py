@@ -24,7 +24,7 @@ from ember.ir.graph import TensorType
 from ember.ir.loc import DSLError
 
 from .files import printable
-from .params_io import READ_ERRORS, array_type, read_npz
+from .params_io import READ_ERRORS, array_type, conversion_note, convert, read_npz
 
 NpzFile = np.lib.npyio.NpzFile
 DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED = 0.2, 0
@@ -96,19 +96,12 @@ def _check_names(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, TensorTy
 
 def _convert(name: str, a: np.ndarray, t: TensorType, source: str
              ) -> tuple[np.ndarray, str | None]:
-    """`a` as t's dtype when that is a conversion a user means: floats to the
-    entry's float type (f64 -> f32 rounds), integers to i32 when every value fits."""
-    want = t.dtype.np
-    if a.dtype == want:
-        return a, None
-    if a.dtype.kind == "f" and t.dtype.is_float:
-        return a.astype(want), f"data '{name}': {a.dtype} converted to {want}"
-    if a.dtype.kind in "iu" and t.dtype.is_int:
-        info = np.iinfo(want)
-        if a.size == 0 or (int(a.min()) >= info.min and int(a.max()) <= info.max):
-            return a.astype(want), f"data '{name}': {a.dtype} converted to {want} (exact)"
-    raise DSLError(f"data '{name}' in {source} is {array_type(a)}, expected {t.dtype} values "
-                   f"for the input {t}")
+    """`a` as t's dtype when that is a conversion a user means (params_io.convert)."""
+    converted = convert(a, t.dtype.np)
+    if converted is None:
+        raise DSLError(f"data '{name}' in {source} is {array_type(a)}, expected {t.dtype} "
+                       f"values for the input {t}")
+    return converted, None if converted is a else conversion_note(f"data '{name}'", a, converted)
 
 
 def _check_shapes(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, TensorType],

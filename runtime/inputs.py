@@ -23,15 +23,18 @@ from ember.ir.ops import Op
 
 from .files import printable
 from .oracle import bind_input
-from .params_io import READ_ERRORS, array_type, read_npz
+from .params_io import READ_ERRORS, array_type, conversion_note, convert, read_npz
 
 NpzFile = np.lib.npyio.NpzFile
 
 PASS_THROUGH = frozenset({Op.RESHAPE, Op.EXPAND, Op.PERMUTE, Op.SLICE, Op.INDEX})
 
 
-def load_inputs(g: Graph, pairs: list[str], npz: str | None) -> dict[str, np.ndarray]:
-    """Inputs from `NAME=FILE.npy` pairs and an optional .npz, checked by name."""
+def load_inputs(g: Graph, pairs: list[str], npz: str | None
+                ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Inputs from `NAME=FILE.npy` pairs and an optional .npz, checked by name and
+    converted to the declared dtypes where params_io.convert allows; with a line
+    saying so for each conversion."""
     found: dict[str, tuple[np.ndarray, str]] = {}
     if npz:
         found.update({k: (v, npz) for k, v in _load_npz(npz).items()})
@@ -50,14 +53,24 @@ def load_inputs(g: Graph, pairs: list[str], npz: str | None) -> dict[str, np.nda
                            note=f"use --inputs {printable(file)} to read inputs by name")
         found[name] = (data, file)
     by_name = {g.nodes[i].attrs["name"]: g.nodes[i] for i in g.inputs}
-    for name, (value, file) in found.items():
+    for name, (_, file) in found.items():
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
             raise DSLError(f"'{printable(file)}' provides input '{printable(name)}', but "
                            f"{g.name} takes {_names(list(by_name))}",
                            note=f"did you mean '{close[0]}'?" if close else "")
-        _check_file_input(by_name[name], value, file)
-    return {k: v for k, (v, _) in found.items()}
+    return _convert_all(by_name, found)
+
+
+def _convert_all(by_name: dict[str, Node], found: dict[str, tuple[np.ndarray, str]]
+                 ) -> tuple[dict[str, np.ndarray], list[str]]:
+    out, notes = {}, []
+    for name, (value, file) in found.items():
+        out[name] = _check_file_input(by_name[name], value, file)
+        if out[name] is not value:
+            notes.append(conversion_note(f"input {name} from '{printable(file)}'", value,
+                                         out[name]))
+    return out, notes
 
 
 def _names(names: list[str]) -> str:
@@ -91,12 +104,15 @@ def _load(path: str) -> np.ndarray | NpzFile:
         raise DSLError(f"cannot read input file '{printable(path)}': {reason}") from None
 
 
-def _check_file_input(n: Node, value: np.ndarray, file: str) -> None:
+def _check_file_input(n: Node, value: np.ndarray, file: str) -> np.ndarray:
+    """The array as the input's dtype, or a located error if it cannot be."""
     t = n.tensor
     bad_dim = any(isinstance(d, int) and d != a for d, a in zip(t.shape, value.shape))
-    if value.dtype != t.dtype.np or value.ndim != t.rank or bad_dim:
+    converted = convert(value, t.dtype.np)
+    if converted is None or value.ndim != t.rank or bad_dim:
         raise DSLError(f"input '{n.attrs['name']}' from '{printable(file)}' is "
                        f"{array_type(value)}, expected {t}", n.loc)
+    return converted
 
 
 def check_dim_names(g: Graph, env: Mapping[str, int]) -> None:

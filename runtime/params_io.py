@@ -43,6 +43,47 @@ def array_type(a: np.ndarray) -> str:
     return f"{dt if dt else a.dtype}{fmt(tuple(a.shape))}"
 
 
+def convert(a: np.ndarray, want: np.dtype) -> np.ndarray | None:
+    """`a` as `want` when that is what a user plainly means, else None: a float
+    array to another float type (f64 -> f32 rounds, as torch's load_state_dict
+    copies), integers to an integer type that holds every value (torch's int64
+    labels). Floats for integers, integers for floats and out-of-range values
+    would lose meaning: None."""
+    if a.dtype == want:
+        return a
+    if a.dtype.kind == "f" and want.kind == "f":
+        return a.astype(want)
+    if a.dtype.kind in "iu" and want.kind in "iu":
+        info = np.iinfo(want)
+        if a.size == 0 or (int(a.min()) >= info.min and int(a.max()) <= info.max):
+            return a.astype(want)
+    return None
+
+
+def conversion_note(what: str, a: np.ndarray, converted: np.ndarray) -> str:
+    """One line saying what `convert` did; "(exact)" unless floats were rounded."""
+    exact = a.dtype.kind in "iu" or converted.dtype.itemsize >= a.dtype.itemsize
+    return f"{what}: {a.dtype} converted to {converted.dtype}" + (" (exact)" if exact else "")
+
+
+def conform_params(params: dict[str, np.ndarray], expected: dict[str, TensorType],
+                   source: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Loaded parameters converted to the model's dtypes where `convert` allows
+    (an f32 file under --precision f64), then checked strictly; one note per
+    kind of conversion, counting the parameters."""
+    out = dict(params)
+    done: dict[tuple[np.dtype, np.dtype], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for k in sorted(set(expected) & set(params)):
+        a = params[k]
+        c = convert(a, expected[k].dtype.np) if a.shape == expected[k].shape else None
+        if c is not None and c is not a:
+            out[k] = c
+            done.setdefault((a.dtype, c.dtype), []).append((a, c))
+    check_params(out, expected, source)
+    return out, [conversion_note(f"{len(pairs)} parameters from '{source}'", *pairs[0])
+                 for pairs in done.values()]
+
+
 def save_params(path: str | Path, params: dict[str, np.ndarray]) -> None:
     path = Path(path)
     if path.suffix not in (".npz", ".safetensors"):
