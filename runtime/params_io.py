@@ -2,6 +2,8 @@
 
 Loading is strict, like torch's `load_state_dict(strict=True)`: a missing or
 unexpected name, or a wrong shape or dtype, is an error that lists them all.
+Like torch's copy into the model's tensors, `conform_params` first converts
+floats to the model's float type (f32 files under --precision f64).
 The safetensors format (8-byte little-endian header length, a JSON header of
 {name: {dtype, shape, data_offsets}}, then raw little-endian bytes) is small
 enough to read and write here, so no extra dependency is needed.
