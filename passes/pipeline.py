@@ -14,6 +14,7 @@ from .precision import low_dtype, mixed_precision
 from .recognize import recognize
 from .shapes import infer_shapes
 from .simplify import fold_constants, simplify
+from .sums import canonical_sums
 
 Pass = Callable[[Graph], Graph]
 
@@ -22,6 +23,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("infer_shapes", infer_shapes),     # re-derive every type from the shape rules
     ("fold_constants", fold_constants), # scalar constant arithmetic at compile time
     ("simplify", simplify),             # x*1, x+0, reshape/permute chains, ...
+    ("canonical_sums", canonical_sums), # mm + b + mm + b -> (mm + mm) + b + b
     ("recognize", recognize),           # softmax attention -> one attention op
     ("hoist", hoist),                   # a scan's x[:, t] @ w -> one GEMM before the loop
     ("cse", cse),                       # one node per distinct computation
