@@ -230,3 +230,14 @@ def foreach_table(rows: list[list], block: int, counter: bool = False):  # noqa:
         table += [first, row[0].numel(), *offsets]
         first += -(-row[0].numel() // block)
     return torch.tensor(table + [0] * counter, dtype=torch.int64, device=bases[0].device)
+
+
+def int32_offsets(sizes: tuple[int, ...]) -> None:
+    """Refuse a launch whose kernels index with int32 a buffer that outgrew it
+    (their sizes were symbolic when they were generated)."""
+    big = max(sizes, default=0)
+    if big > 2**31 - 1:
+        from ember.ir.loc import DSLError
+        raise DSLError(f"a tensor of {big} elements is larger than 32-bit offsets reach "
+                       f"(2**31 - 1); pass its sizes with --dims so the kernels that touch it "
+                       f"are generated with 64-bit offsets")

@@ -46,6 +46,14 @@ TORCH_DTYPE = {"f32": "torch.float32", "f64": "torch.float64", "bf16": "torch.bf
                "bool": "torch.bool"}
 
 
+# Offsets are int32 (fast address arithmetic) unless a kernel touches a buffer
+# of more than 2**31 - 1 elements: then its program ids, and so every offset
+# derived from them, are int64. A symbolic size is checked at launch instead
+# (blocks.int32_offsets), with a clear error rather than a silent wrap.
+INT32_MAX = 2**31 - 1
+WIDE = re.compile(r"tl\.program_id\(\d\)")
+
+
 @dataclass
 class KernelCode:
     """One distinct kernel: canonical code launched from one or more sites.
@@ -130,6 +138,7 @@ class _State:
     symbols: set[str] = field(default_factory=set)
     sites: list[Site] = field(default_factory=list)   # checked indices (checks.py)
     views: dict[str, str] = field(default_factory=dict)   # buffer -> row of a scan's stack
+    narrow: set[str] = field(default_factory=set)   # symbolic sizes indexed with int32
 
 
 def emit_triton(g: Graph, fused: bool = True, precision: str = "ieee",
@@ -206,6 +215,11 @@ def _write_kernel(plan: Plan, kern: Kernel, names: dict[int, str], counters: dic
     args = ArgNames(names, kern.outputs)
     w = KernelWriter(plan, kern, args, state.precision, counters=counters, sites=state.sites)
     launch = TEMPLATES[kern.kind](w)
+    sizes = [dims.prod(plan.graph.nodes[i].tensor.shape) for i in w.pointers.values()]
+    if any(isinstance(n, int) and n > INT32_MAX for n in sizes):
+        w.lines[:] = [WIDE.sub(r"\g<0>.to(tl.int64)", line) for line in w.lines]
+    else:
+        state.narrow.update(dim_text(n) for n in sizes if not isinstance(n, int))
     code, comments = canon.split(w.lines)
     new = canon.renames(code, w.scalars)
     body = canon.rename(code, new)
@@ -251,6 +265,9 @@ def _launcher(plan: Plan, state: _State) -> str:
         lines.append(f'    {names[i]} = inputs["{g.nodes[i].attrs["name"]}"]')
     lines += _bind_params(g, names, "    ")
     steps = _plan_steps(plan, names, {}, state, "    ", "")
+    if state.narrow:
+        sizes = ", ".join(sorted(state.narrow))
+        lines.append(f"    blocks.int32_offsets(({sizes},))")
     before, after = launcher_lines(state.sites, "    ")
     lines += before + _with_frees(steps, {names[o] for o in g.outputs if o in names}, "    ")
     lines += after
