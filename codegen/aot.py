@@ -89,6 +89,8 @@ class KernelResources:
     spills: int
     shared_bytes: int
     num_warps: int
+    tensor_cores: bool = False      # an mma or wgmma instruction in its PTX
+    artifacts: str = ""             # Triton's cache directory holding its .ptx, .cubin, ...
 
 
 def check_resources(r: KernelResources) -> list[str]:
@@ -328,7 +330,23 @@ def _compile_job(job: dict[str, Any], module: Any) -> KernelResources:
     return KernelResources(
         name=job["fn_name"], registers=registers, spills=stack,
         shared_bytes=int(kernel.metadata.shared), num_warps=int(kernel.metadata.num_warps),
+        tensor_cores=bool(TENSOR_CORE_PTX.search(kernel.asm["ptx"])),
+        artifacts=_cache_dir(kernel),
     )
+
+
+#: Tensor-core instructions in PTX: mma.sync (sm_80 style) or wgmma (sm_90 warpgroups).
+TENSOR_CORE_PTX = re.compile(r"^\s*(?:wgmma\.mma_async|mma\.sync)", re.MULTILINE)
+
+
+def _cache_dir(kernel: Any) -> str:
+    """Where Triton's compile cache keeps this kernel's artifacts ({name}.ptx,
+    .cubin, .ttgir, ...), for anyone who wants to read them."""
+    try:
+        from triton.runtime.cache import get_cache_manager
+        return str(get_cache_manager(kernel.hash).cache_dir)
+    except Exception:  # an older or newer Triton without this API: say nothing
+        return ""
 
 
 def _cubin_usage(cubin: bytes) -> tuple[int, int]:

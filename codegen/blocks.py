@@ -94,12 +94,12 @@ def tile_k(k: int) -> int:
 def matmul(m: int, n: int, k: int, itemsize: int = 4, mma: bool = False) -> Config:
     """The configuration of an [m, k] x [k, n] GEMM. With tensor cores (`mma`:
     tf32 or 16-bit operands) a problem that fills every SM with 128-row tiles
-    gets 128 x 128 (x 256 for 16-bit operands), 8 warps and 3 stages, as
-    Triton's tutorial configurations; anything else 64 x 64 tiles within the
-    FMA budget."""
+    gets 128 x 128 (K 64 for 16-bit operands), 8 warps and 3 stages; anything
+    else 64 x 64 tiles within the FMA budget. (Triton's tutorial's 128 x 256 x
+    64 bf16 tile spills on sm_90 once an epilogue is fused: 48-272 bytes per
+    thread in GPT-2 small's kernels, and 240 KB of shared memory.)"""
     if mma and _programs(m, n, 128, 128) >= SMS:
-        wide = 256 if itemsize <= 2 and _programs(m, n, 128, 256) >= SMS else 128
-        return Config(128, wide, 64 if itemsize <= 2 else 32, GROUP_M, 8, 3)
+        return Config(128, 128, 64 if itemsize <= 2 else 32, GROUP_M, 8, 3)
     if mma:
         return Config(tile(m), tile(n), tile_k(k), GROUP_M, 4, 3)
     return fit(Config(tile(m), tile(n), tile_k(k), GROUP_M, 4, 2), FMA_WORK * 4 // itemsize)

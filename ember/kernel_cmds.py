@@ -47,7 +47,8 @@ def compile_kernels(g: Graph, args: argparse.Namespace) -> int:
             rep["saved_activations"] = saved
         if resources:
             for k, r in zip(rep["kernels"], resources):
-                k.update(registers=r.registers, spills=r.spills, shared_bytes=r.shared_bytes)
+                k.update(registers=r.registers, spills=r.spills, shared_bytes=r.shared_bytes,
+                         tensor_cores=r.tensor_cores, artifacts=r.artifacts)
         print(json.dumps(rep, indent=2) if args.json else _table(rep))
     elif resources and args.emit not in ("kernels", "triton"):
         print(_resource_table(mod, resources))
@@ -145,8 +146,11 @@ def _table(rep: dict[str, Any]) -> str:
 
 
 def _resource_table(mod: Module, resources: list[aot.KernelResources]) -> str:
-    lines = [f"{'kernel (sm_90)':<34} {'regs':>5} {'spills':>7} {'shared':>8} {'warps':>5}"]
+    """Per kernel: registers, spills, shared memory, warps, whether its PTX uses
+    tensor cores, and where Triton's cache keeps its artifacts (PTX included)."""
+    lines = [f"{'kernel (sm_90)':<34} {'regs':>5} {'spills':>7} {'shared':>8} {'warps':>5} "
+             f"{'mma':>4}  artifacts"]
     for r in resources:
         lines.append(f"{r.name:<34} {r.registers:>5} {r.spills:>7} {r.shared_bytes:>8} "
-                     f"{r.num_warps:>5}")
+                     f"{r.num_warps:>5} {'yes' if r.tensor_cores else 'no':>4}  {r.artifacts}")
     return "\n".join(lines)

@@ -96,7 +96,7 @@ def test_fma_dots_stay_within_their_register_budget(itemsize: int) -> None:
 
 def test_big_problems_get_big_tensor_core_tiles() -> None:
     assert blocks.matmul(8192, 2304, 768, mma=True) == blocks.Config(128, 128, 32, 8, 8, 3)
-    assert blocks.matmul(8192, 2304, 768, 2, mma=True) == blocks.Config(128, 256, 64, 8, 8, 3)
+    assert blocks.matmul(8192, 2304, 768, 2, mma=True) == blocks.Config(128, 128, 64, 8, 8, 3)
     # too few 128-row tiles to fill the SMs: 64 x 64, so more programs run
     assert blocks.matmul(512, 512, 512, mma=True) == blocks.Config(64, 64, 32, 8, 4, 3)
     # no tensor cores (ieee fp32): never past 64 x 64
