@@ -1,9 +1,11 @@
 """Block-size heuristics (no autotuning without a GPU): powers of two from the
 runtime sizes, so one generated kernel serves every batch size and sequence
-length. The same functions run in the launcher and in ahead-of-time compiles."""
+length. The same functions run in the launcher and in ahead-of-time compiles;
+each is cached, so a launch at a shape seen before costs a dictionary lookup."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
 
@@ -11,6 +13,7 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+@cache
 def pointwise(numel: int) -> int:
     """One program covers up to 1024 elements (fewer programs also keep the
     interpreter fast)."""
@@ -28,12 +31,14 @@ CHUNK_BYTES = 8192
 OUTER_ROWS = 16
 
 
+@cache
 def reduce_looped(cols: int, itemsize: int = 4) -> bool:
     """Does a row of `cols` elements loop over chunks (else one block holds it)?
     The one decision the template, the launcher and the AOT check all use."""
     return next_pow2(cols) * itemsize > PERSISTENT_BYTES
 
 
+@cache
 def reduce_cols(cols: int, itemsize: int = 4, inner: bool = True) -> int:
     """RBLOCK: the whole row, or a chunk of a looped one. A row whose
     elements are strided (`inner=False`: the kept dims are the contiguous ones)
@@ -43,6 +48,7 @@ def reduce_cols(cols: int, itemsize: int = 4, inner: bool = True) -> int:
     return CHUNK_BYTES // itemsize // (1 if inner else OUTER_ROWS)
 
 
+@cache
 def reduce_rows(rows: int, cols: int, itemsize: int = 4, inner: bool = True) -> int:
     """XBLOCK: rows per program. Persistent: a tile of at most 4096 elements, or
     one row when a row alone is longer. Looped: one contiguous row, or up to
@@ -91,6 +97,7 @@ def tile_k(k: int) -> int:
     return min(32, max(16, next_pow2(k)))
 
 
+@cache
 def matmul(m: int, n: int, k: int, itemsize: int = 4, mma: bool = False) -> Config:
     """The configuration of an [m, k] x [k, n] GEMM. With tensor cores (`mma`:
     tf32 or 16-bit operands) a problem that fills every SM with 128-row tiles
@@ -105,6 +112,7 @@ def matmul(m: int, n: int, k: int, itemsize: int = 4, mma: bool = False) -> Conf
     return fit(Config(tile(m), tile(n), tile_k(k), GROUP_M, 4, 2), FMA_WORK * 4 // itemsize)
 
 
+@cache
 def conv(m: int, n: int) -> Config:
     """An implicit-GEMM conv: rows are output pixels, columns output channels
     (see conv_warps). Programs run row by row (GROUP_M 1): its B operand is a
@@ -140,6 +148,7 @@ def _programs(m: int, n: int, bm: int, bn: int) -> int:
 CONV_BLOCK_K = 16
 
 
+@cache
 def conv_warps(m: int, n: int) -> int:
     """8 warps for output tiles of 1024 elements and more. Measured on sm_90
     over the backward convs of lenet, resnet and a 64-channel model (B=8): at
@@ -150,12 +159,14 @@ def conv_warps(m: int, n: int) -> int:
     return 8 if tile(m) * tile(n) >= 1024 else 4
 
 
+@cache
 def attention_rows(t: int) -> int:
     """Query rows per program: 32 keeps q, the fp32 accumulator and the score
     tile of a 128-wide head in registers without spilling on sm_90."""
     return min(32, max(16, next_pow2(t)))
 
 
+@cache
 def attention_cols(t: int) -> int:
     """Keys per streamed tile."""
     return min(32, max(16, next_pow2(t)))
@@ -169,27 +180,32 @@ def attention_cols(t: int) -> int:
 ATTENTION_BWD_WARPS = 8
 
 
+@cache
 def dkdv_keys(t: int, d: int) -> int:
     """Keys per program of the dk/dv kernel."""
     return 16 if head_dim(d) >= 64 else attention_cols(t)
 
 
+@cache
 def dkdv_queries(t: int, d: int) -> int:
     """Query rows per step of the dk/dv kernel."""
     return 8 if head_dim(d) >= 128 else 16 if head_dim(d) >= 64 else attention_rows(t)
 
 
+@cache
 def attention_warps(d: int) -> int:
     """8 warps for heads of 64 and more: q, the accumulator and the score tile
     then fit in registers without spilling (fp32, sm_90)."""
     return 8 if head_dim(d) >= 64 else 4
 
 
+@cache
 def head_dim(d: int) -> int:
     """The head dim padded to a power of two (>= 16 for tl.dot)."""
     return max(16, next_pow2(d))
 
 
+@cache
 def gates(m: int, n: int, k: int, count: int, itemsize: int = 4, mma: bool = False) -> Config:
     """A gated GEMM ([m, k] x [k, count * n], e.g. an LSTM's four gates) keeps
     one accumulator per gate: the gates together get the tile of one matmul
@@ -208,6 +224,7 @@ def gates(m: int, n: int, k: int, count: int, itemsize: int = 4, mma: bool = Fal
 FOREACH_BLOCK = 1024
 
 
+@cache
 def foreach_programs(numels: tuple[int, ...], block: int) -> int:
     """Programs of a multi-tensor kernel: each group's elements in whole blocks."""
     return sum(-(-int(n) // block) for n in numels)
