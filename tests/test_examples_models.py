@@ -6,7 +6,11 @@ max_pool2d, loaded from Ember's parameters (torch keeps recurrent weights as
 [4H, in], Ember as [in, 4H]: transposed on the way). Checked in float64 on the
 oracle, at two batch sizes and sequence lengths from one compiled graph:
 forward and loss to 1e-10, and every parameter's gradient (`--grad`) to 1e-9
-of its largest torch value (the harness of tests/test_grad_models.py).
+of its largest torch value (the harness of tests/test_grad_models.py). The
+bidirectional LSTM (per-step outputs, a reversed read, torch's two-bias gates)
+also runs its loss and gradients through the generated Triton kernels (the
+interpreter here) against the oracle in float32 (`ember.backends.tolerance`:
+1e-4), with guarded buffers whose canaries must survive.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import torch.nn.functional as F
 from util import ROOT, perturb
 
 from ember import api
+from ember.backends import tolerance
 from ember.ir.graph import Graph
 from ember.lang.emitter import Options
+from ember.runtime.pool import GuardedPool
 
 EXAMPLES = ROOT / "examples"
 F64 = Options(False, True)
@@ -116,3 +122,21 @@ def test_forward_loss_and_gradients_match_torch(name: str, batch: int, steps: in
         scale = np.abs(w).max() if key.startswith("grad.") else 1.0
         np.testing.assert_allclose(ours[key], w, rtol=0, atol=(1e-9 if scale != 1.0 else 1e-10)
                                    * scale, err_msg=f"{name} {key}")
+
+
+def test_bilstm_kernels_match_the_oracle(tmp_path) -> None:
+    pytest.importorskip("triton")
+    from ember.runtime.cache import CodeCache
+    from ember.runtime.triton_backend import TritonProgram
+    g = api.compile_program(api.parse_file(EXAMPLES / "bilstm.ember"), "loss", grad=True)
+    p = {k: v.astype(np.float32) for k, v in params("bilstm").items()}
+    data = inputs("bilstm", 3, 3)
+    data = {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int32)}
+    pool = GuardedPool()
+    got = TritonProgram(g, cache=CodeCache(tmp_path))(data, p, pool=pool)
+    assert pool.check() == []
+    atol, rtol = tolerance(np.dtype(np.float32), "ieee")
+    want = api.run(g, data, p)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=rtol, err_msg=key)
