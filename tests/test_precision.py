@@ -194,7 +194,8 @@ def assert_ok(results: list[backends.Comparison]) -> None:
 # a sequence of states) are checked where they are more than the loss's input
 CASES = [(m, "loss", True, "bf16-mixed") for m in MODEL_NAMES] + [
     ("transformer", "forward", False, "bf16-mixed"), ("lstm", "forward", False, "bf16-mixed"),
-    ("lenet", "loss", True, "f16-mixed")]
+    ("lenet", "loss", True, "f16-mixed")] + [
+    (m, "loss", False, "f16-mixed") for m in MODEL_NAMES if m != "lenet"]
 
 
 @pytest.mark.parametrize("model, entry, grad, precision", CASES)
@@ -202,6 +203,17 @@ def test_kernels_match_both_oracles(model: str, entry: str, grad: bool, precisio
     got, same, ref = run_both(model, entry, grad, precision)
     assert_ok(backends.compare(got, same, "ieee", precision))
     assert_ok(backends.compare(got, ref, "ieee", precision, reference="f64"))
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_tf32_dots_pass_the_check(model: str) -> None:
+    """`--dot-precision tf32` (fp32 models): the kernels against the oracle at
+    the tf32 tolerance, gradients included."""
+    g = api.compile_file(MODELS / f"{model}.ember", "loss", grad=True)
+    params = api.init_params(g, seed=1)
+    inputs, env, _ = draw_inputs(g, {}, DIMS, seed=2)
+    got = TritonProgram(g, fused=True, precision="tf32")(inputs, params, 3, env)
+    assert_ok(backends.compare(got, api.run(g, inputs, params, 3, env), "tf32"))
 
 
 def test_the_f64_reference_is_not_loose() -> None:
