@@ -170,8 +170,13 @@ def attention(w: KernelWriter) -> Launch:
 
 
 def _attention_setup(w: KernelWriter, a: AttentionOp) -> tuple[tuple[Ix, ...], Ix]:
-    """Program ids, the query tile, and the running softmax state."""
-    w.line("pid_m = tl.program_id(0)")
+    """Program ids, the query tile, and the running softmax state. Causal
+    query blocks run longest first (the last block reads every key): the
+    long programs start early instead of leaving a tail."""
+    if a.causal:
+        w.line("pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest first")
+    else:
+        w.line("pid_m = tl.program_id(0)")
     bidx = batch_index(w, a)
     w.line("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     w.axes(m=("rm", f"(rm < {dim_text(a.T)})"))

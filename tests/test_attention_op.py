@@ -157,3 +157,12 @@ def test_verifier_rejects_a_region_of_the_wrong_type() -> None:
     nodes[a] = replace(nodes[a], attrs={**nodes[a].attrs, "body": wrong})
     with pytest.raises(VerifyError, match="attention"):
         verify(Graph(g.name, tuple(nodes), g.inputs, g.outputs, g.output_names))
+
+
+def test_causal_query_blocks_run_longest_first() -> None:
+    from util import MODELS
+
+    from ember.codegen.module import emit_triton
+    g = api.compile_file(MODELS / "transformer.ember", "forward", dims={"B": 2, "T": 64})
+    (code,) = [k for k in emit_triton(g).kernels if k.kind == "attention"]
+    assert "pid_m = tl.num_programs(0) - 1 - tl.program_id(0)" in code.source
