@@ -215,9 +215,14 @@ def gates(m: int, n: int, k: int, count: int, itemsize: int = 4, mma: bool = Fal
     registers, 64 x 32 x 32 spilled 840 bytes; shares of a 64 x 64 x 16 tile
     take 54-80."""
     c = matmul(m, n * count, k, itemsize, mma)
-    side = max(16, min(tile(n), c.block_n // count))
-    rows = max(16, min(c.block_m, c.block_m * c.block_n // (side * count)))
+    side = max(16, min(tile(n), _floor_pow2(c.block_n // count)))   # 3 gates: not a third
+    rows = max(16, min(c.block_m, _floor_pow2(c.block_m * c.block_n // (side * count))))
     return c._replace(block_m=rows, block_n=side)
+
+
+def _floor_pow2(n: int) -> int:
+    """The largest power of two <= n (tiles are powers of two), 1 for n < 1."""
+    return 1 << max(0, int(n).bit_length() - 1)
 
 
 #: Elements per program of a multi-tensor (foreach) kernel.

@@ -10,6 +10,7 @@ from ember.ir.verify import verify
 from .cleanup import cse, dce
 from .hoist import hoist
 from .inline import inline
+from .merge import merge_projections
 from .precision import low_dtype, mixed_precision
 from .recognize import recognize
 from .shapes import infer_shapes
@@ -27,6 +28,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("recognize", recognize),           # softmax attention -> one attention op
     ("hoist", hoist),                   # a scan's x[:, t] @ w -> one GEMM before the loop
     ("cse", cse),                       # one node per distinct computation
+    ("merge_projections", merge_projections),  # x@wq, x@wk, x@wv -> x@[wq wk wv]
     ("dce", dce),                       # drop what no output needs
 ]
 
