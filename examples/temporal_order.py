@@ -11,7 +11,7 @@ alphabet of 8, one-hot encoded (x: f32[N, LENGTH, 8]):
 The label (y: i32[N]) is the order of the two relevant symbols: XX -> 0,
 XY -> 1, YX -> 2, YY -> 3. Chance is 25%, and no single step decides the
 label: the network must notice the first relevant symbol, keep it in its
-cell state through up to LENGTH - 3 distractors, and combine it with the
+cell state through up to LENGTH - 4 distractors, and combine it with the
 second. Unlike the 1997 setup, both positions are uniform over the whole
 sequence (not two fixed windows), so nothing about *where* to look is given.
 
