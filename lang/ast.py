@@ -106,7 +106,10 @@ class Slice(Node):
 
 @dataclass(frozen=True)
 class EllipsisItem(Node):
-    """`...` inside an index: all remaining axes."""
+    """`...`: inside an index, all remaining axes; in a type (`f32[..., n]`), the
+    dims an argument has beyond the named ones; as a call argument
+    (`zeros(..., n)`), those dims again. It counts as an expression only so that
+    every place that evaluates one reports the misplaced `...` (exprs.py)."""
 
     loc: Loc
 
@@ -144,8 +147,8 @@ class Attr(Node):
     loc: Loc
 
 
-Expr = Num | Bool | Str | Name | BinOp | UnaryOp | Call | Index | TupleExpr | Attr
-IndexItem = Expr | Slice | EllipsisItem | NewAxis
+Expr = Num | Bool | Str | Name | BinOp | UnaryOp | Call | Index | TupleExpr | Attr | EllipsisItem
+IndexItem = Expr | Slice | NewAxis
 
 # ---------------------------------------------------------------------- types
 
@@ -155,7 +158,8 @@ SCALAR_DTYPES = ("int", "float")
 
 @dataclass(frozen=True)
 class TypeAnn(Node):
-    """`f32[B, 4*H]` (dims are expressions; `f32[]` is a scalar) or `int`/`float` (dims None)."""
+    """`f32[B, 4*H]` (dims are expressions; `f32[]` is a scalar) or `int`/`float` (dims None).
+    At most one dim is an `EllipsisItem` (`f32[..., n]`): see lower.resolve_type."""
 
     dtype: str
     dims: tuple[Expr, ...] | None

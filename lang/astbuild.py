@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from lark import Token, Transformer_NonRecursive, v_args
 from lark.tree import Meta
@@ -225,7 +226,12 @@ class AstBuilder(Transformer_NonRecursive):
         return ast.TupleExpr(tuple(children), self._meta(meta))
 
     def dim_list(self, meta: Meta, children: list) -> tuple:
-        return tuple(children)
+        dims = tuple(self._ellipsis(child) for child in children)
+        dots = [d for d in dims if isinstance(d, ast.EllipsisItem)]
+        if len(dots) > 1:
+            raise DSLError("a type holds at most one '...', found a second", dots[1].loc,
+                           f"the first is at column {dots[0].loc.col}; name the other dims")
+        return dims
 
     # -- expressions
 
@@ -254,7 +260,7 @@ class AstBuilder(Transformer_NonRecursive):
     def call_args(self, meta: Meta, children: list) -> tuple[tuple, tuple]:
         args: list[ast.Expr] = []
         kwargs: list[tuple[str, ast.Expr]] = []
-        for child in children:
+        for child in map(self._ellipsis, children):
             if isinstance(child, _Kwarg):
                 kwargs.append((child.name, child.value))
             elif kwargs:
@@ -273,6 +279,12 @@ class AstBuilder(Transformer_NonRecursive):
 
     def subscripts(self, meta: Meta, children: list) -> tuple:
         return tuple(self._subscript(child) for child in children)
+
+    def _ellipsis(self, child: Any) -> Any:
+        """A bare '...' token (in a type or a call) as its AST node."""
+        if isinstance(child, Token) and child.type == "ELLIPSIS":
+            return ast.EllipsisItem(self._tok(child))
+        return child
 
     def _subscript(self, child: object) -> ast.IndexItem:
         if isinstance(child, Token):  # the grammar keeps only '...' and 'None' as bare tokens here

@@ -19,6 +19,7 @@ from ember.ir.ops import COMPARE, Op
 
 from . import ast
 from .values import (
+    ELLIPSIS_DIMS,
     MAX_INT_DIGITS,
     DimExpr,
     DimVal,
@@ -242,7 +243,7 @@ def _call(em: Any, e: ast.Call) -> Any:
     from .builtins import call_builtin
     from .lower import call_function
     target = _callee(em, e.fn)
-    args = [eval_expr(em, a) for a in e.args]
+    args = [v for a in e.args for v in _call_arg(em, a)]
     kwargs = {k: eval_expr(em, v) for k, v in e.kwargs}
     if isinstance(target, str):
         return call_builtin(em, target, args, kwargs, e.loc)
@@ -250,6 +251,24 @@ def _call(em: Any, e: ast.Call) -> Any:
         raise DSLError(f"function '{target.fn.name}' takes positional arguments only", e.loc)
     results = call_function(em, target, args, e.loc, _prefix(em, target))
     return results[0] if len(results) == 1 else results
+
+
+def _call_arg(em: Any, a: ast.Expr) -> tuple[Any, ...]:
+    """One argument's values: a bare `...` gives the dims the function's `...` matched."""
+    if not isinstance(a, ast.EllipsisItem):
+        return (eval_expr(em, a),)
+    bound = em.find(ELLIPSIS_DIMS)
+    if bound is _missing():
+        raise DSLError("'...' here stands for the dims a '...' in an argument type matched, "
+                       "and this function has none", a.loc,
+                       "declare one, as in 'def f(x: f32[..., n])', or name the dims")
+    return tuple(dim_value(d) for d in bound)
+
+
+def _misplaced_ellipsis(em: Any, e: ast.EllipsisItem) -> Any:
+    raise DSLError("'...' cannot stand here: it belongs in a type ('f32[..., n]') or, for "
+                   "the dims it matched there, among a call's arguments ('zeros(..., n)')",
+                   e.loc)
 
 
 def _callee(em: Any, fn: ast.Expr) -> Method | str:
@@ -309,5 +328,5 @@ def tensor_results(em: Any, ret: ast.Return | ast.Yield) -> tuple[Tensor, ...]:
 _RULES: dict[type, Callable[[Any, Any], Any]] = {
     ast.Num: _num, ast.Bool: _num, ast.Str: _num, ast.Name: _name, ast.TupleExpr: _tuple,
     ast.UnaryOp: _operators, ast.BinOp: _operators, ast.Attr: _attr, ast.Call: _call,
-    ast.Index: _index,
+    ast.Index: _index, ast.EllipsisItem: _misplaced_ellipsis,
 }

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ember.ir.dims import Dim, fmt
+from ember.ir.dims import Dim
 from ember.ir.dtypes import DType
 from ember.ir.graph import Builder, Graph, Node, TensorType
 from ember.ir.loc import UNKNOWN, DSLError, Loc
@@ -23,7 +23,16 @@ from ember.ir.ops import Op
 from . import ast
 from .emitter import MISSING, Emitter, Options
 from .exprs import deeper, eval_expr, tensor_results
-from .values import MAX_DIM, Instance, Method, Tensor, as_dim, describe, dim_value
+from .values import (
+    ELLIPSIS_DIMS,
+    MAX_DIM,
+    Instance,
+    Method,
+    Tensor,
+    as_dim,
+    describe,
+    dim_value,
+)
 
 SCALAR_TYPES = {"int": int, "float": float}
 MAX_LAYER_DEPTH = 100
@@ -204,6 +213,7 @@ def lower_entry(ctx: Context, method: Method) -> Graph:
     ctx.calling.append(method.fn)
     inputs = []
     for a in method.fn.args:
+        _no_entry_ellipsis(method.fn, a)
         t = resolve_type(em, a.type, {}, fresh=True)
         if isinstance(t, TensorType):
             node = em.add(Op.INPUT, (), {"name": a.name, "shape": t.shape, "dtype": t.dtype},
@@ -218,6 +228,16 @@ def lower_entry(ctx: Context, method: Method) -> Graph:
     names += tuple(f"new.{name}" for name in em.updates)
     outs += tuple(em.updates.values())
     return em.builder.build(tuple(inputs), tuple(o.id for o in outs), names)
+
+
+def _no_entry_ellipsis(fn: ast.FnDef, a: ast.Arg) -> None:
+    """An entry's inputs are the graph's: every dim needs a name for --dims and the
+    input files, so `...` (which matches dims at a call) is refused there."""
+    dots = _ellipsis(a.type)
+    if dots is not None:
+        raise DSLError(f"the inputs of entry function '{fn.name}' need every dim named; "
+                       f"'...' in '{a.name}' only matches dims where a function is called",
+                       dots.loc, f"write the dims out, e.g. {a.type.dtype}[B, T, n]")
 
 
 def _output_names(fn: ast.FnDef, n: int) -> tuple[str, ...]:
@@ -280,10 +300,9 @@ def _bind_arg(em: Emitter, callee: Emitter, a: ast.Arg, v: Any, binds: dict[str,
         return
     outer = coerce_tensor(em, v, call_loc)
     actual = em.type(outer)
-    rank = len(a.type.dims or ())
-    if actual.rank != rank:
-        raise DSLError(f"{what} expects a tensor of rank {rank} ({a.type.dtype}"
-                       f"{fmt(('?',) * rank)}), found {actual}", call_loc, declared_at)
+    wanted = _rank_mismatch(a.type, actual)
+    if wanted:
+        raise DSLError(f"{what} expects {wanted}, found {actual}", call_loc, declared_at)
     declared = resolve_type(callee, a.type, binds, fresh=False, actual=actual)
     if declared != actual:
         raise DSLError(f"{what} expects {declared}, found {actual}", call_loc,
@@ -309,30 +328,72 @@ MAX_LAYERS = 10_000
 def resolve_type(em: Emitter, ann: ast.TypeAnn, binds: dict[str, Dim], fresh: bool,
                  actual: TensorType | None = None) -> TensorType | type:
     """A type annotation as a TensorType; unknown dim names become symbols (entry)
-    or are bound to the actual argument's dims (calls)."""
+    or are bound to the actual argument's dims (calls). A `...` stands for the dims
+    the first `...` of the function's arguments matched (the dims beyond the named
+    ones, wherever it sits); dims after it line up with the actual's last dims."""
     if ann.dims is None:
         return SCALAR_TYPES[ann.dtype]
     dtype = DType(ann.dtype)
     if dtype is DType.F32 and em.ctx.options.float64:
         dtype = DType.F64
-    if actual is not None and len(actual.shape) != len(ann.dims):
-        raise DSLError(f"expected a tensor of rank {len(ann.dims)} ({ann.dtype}"
-                       f"{fmt(tuple('?' for _ in ann.dims))}), found {actual}", ann.loc)
-    shape = []
+    wanted = _rank_mismatch(ann, actual)
+    if wanted:
+        raise DSLError(f"expected {wanted}, found {actual}", ann.loc)
+    shape: list[Dim] = []
+    after = False  # past the `...`: positions count from the actual's end
     for k, d in enumerate(ann.dims):
-        if isinstance(d, ast.Name) and em.find(d.id) is MISSING:
-            if d.id not in binds:
-                binds[d.id] = d.id if fresh or actual is None else actual.shape[k]
-                em.vars[d.id] = dim_value(binds[d.id])
-            shape.append(binds[d.id])
-            continue
-        value = as_dim(eval_expr(em, d))
-        if value is None:
-            raise DSLError("expected a dimension (int or symbol) in the type", d.loc)
-        if isinstance(value, int) and not 0 <= value <= MAX_DIM:
-            raise DSLError(f"a dimension must be between 0 and {MAX_DIM}, found {value}", d.loc)
-        shape.append(value)
+        if isinstance(d, ast.EllipsisItem):
+            shape += _ellipsis_dims(em, k, len(ann.dims) - 1, actual)
+            after = True
+        else:
+            shape.append(_resolve_dim(em, d, binds, fresh, actual,
+                                      k - len(ann.dims) if after else k))
     return TensorType(tuple(shape), dtype)
+
+
+def _resolve_dim(em: Emitter, d: ast.Expr, binds: dict[str, Dim], fresh: bool,
+                 actual: TensorType | None, at: int) -> Dim:
+    """One named or computed dim; `at` is its position in the actual's shape."""
+    if isinstance(d, ast.Name) and em.find(d.id) is MISSING:
+        if d.id not in binds:
+            binds[d.id] = d.id if fresh or actual is None else actual.shape[at]
+            em.vars[d.id] = dim_value(binds[d.id])
+        return binds[d.id]
+    value = as_dim(eval_expr(em, d))
+    if value is None:
+        raise DSLError("expected a dimension (int or symbol) in the type", d.loc)
+    if isinstance(value, int) and not 0 <= value <= MAX_DIM:
+        raise DSLError(f"a dimension must be between 0 and {MAX_DIM}, found {value}", d.loc)
+    return value
+
+
+def _ellipsis_dims(em: Emitter, at: int, named: int, actual: TensorType | None
+                   ) -> tuple[Dim, ...]:
+    """The dims `...` stands for: those it matched already in this function, else
+    (binding it) the actual's dims from position `at` that the named ones leave."""
+    bound = em.find(ELLIPSIS_DIMS)
+    if bound is not MISSING:
+        return tuple(bound)
+    assert actual is not None, "entries and results refuse an unbound '...' before this"
+    em.vars[ELLIPSIS_DIMS] = actual.shape[at: at + actual.rank - named]
+    return tuple(em.vars[ELLIPSIS_DIMS])
+
+
+def _ellipsis(ann: ast.TypeAnn) -> ast.EllipsisItem | None:
+    return next((d for d in ann.dims or () if isinstance(d, ast.EllipsisItem)), None)
+
+
+def _rank_mismatch(ann: ast.TypeAnn, actual: TensorType | None) -> str:
+    """What the annotation expects (e.g. 'a tensor of rank at least 1 (f32[..., ?])')
+    if the actual's rank cannot fit it, else ''."""
+    dims = ann.dims or ()
+    dots = _ellipsis(ann) is not None
+    named = len(dims) - dots
+    if actual is None or (actual.rank >= named if dots else actual.rank == named):
+        return ""
+    pattern = ", ".join("..." if isinstance(d, ast.EllipsisItem) else "?" for d in dims)
+    return (f"a tensor of rank {'at least ' if dots else ''}{named} "
+            f"({ann.dtype}[{pattern}])")
 
 
 def run_body(em: Emitter, fn: ast.FnDef) -> tuple[Tensor, ...]:
@@ -358,6 +419,11 @@ def _check_return(em: Emitter, fn: ast.FnDef, result: tuple[Tensor, ...]) -> Non
         raise DSLError(f"function '{fn.name}' declares {len(fn.ret)} results, "
                        f"returns {len(result)}", fn.body[-1].loc)
     for ann, t in zip(fn.ret, result):
+        dots = _ellipsis(ann)
+        if dots is not None and em.find(ELLIPSIS_DIMS) is MISSING:
+            raise DSLError(f"'...' in the result type of '{fn.name}' stands for the dims an "
+                           f"argument's '...' matched, and no argument has one", dots.loc,
+                           "write '...' in an argument's type too, or name the dims")
         actual = em.type(t)
         declared = resolve_type(em, ann, {}, fresh=False, actual=actual)
         if declared != actual:

@@ -30,6 +30,9 @@ def param_node(em: Any, pdef: ast.ParamDef) -> Tensor:
     scope = Emitter(Builder("<param>"), em.ctx, em.instance)
     shape = []
     for d in pdef.type.dims or ():
+        if isinstance(d, ast.EllipsisItem):
+            raise DSLError(f"parameter '{pdef.name}' needs every dim given; '...' only "
+                           f"matches dims in a function's argument types", d.loc)
         v = as_dim(eval_expr(scope, d))
         if not isinstance(v, int) or not 1 <= v <= MAX_DIM:
             raise DSLError(f"parameter shapes must be ints from 1 to {MAX_DIM}, found {v}",

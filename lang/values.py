@@ -77,6 +77,10 @@ class DimExpr:
         return f"{side(self.lhs)} {self.op} {side(self.rhs)}"
 
 
+# The scope entry (not a possible name) holding the dims a type's `...` matched
+# in the function being lowered, as a tuple of Dims (lower.resolve_type).
+ELLIPSIS_DIMS = "..."
+
 # No tensor has a dimension this long (2^40 elements); bounding them keeps
 # shape arithmetic within machine integers.
 MAX_DIM = 2**40
