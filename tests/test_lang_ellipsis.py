@@ -125,6 +125,12 @@ def test_ellipsis_in_a_call_gives_the_matched_dims() -> None:
     np.testing.assert_array_equal(out, np.concatenate([x, np.ones_like(x)], axis=-1))
 
 
+def test_ellipsis_sizes_a_reshape_at_every_rank() -> None:
+    fn = "def heads(x: f32[..., d]) -> f32[..., 2, d // 2] { return reshape(x, ..., 2, d // 2) }"
+    g = compile_src(fn_model(fn, "heads(x), heads(v)", "x: f32[B, T, 8], v: f32[8]"))
+    assert [g[o].type.shape for o in g.outputs] == [("B", "T", 2, 4), (2, 4)]
+
+
 # ---- errors -----------------------------------------------------------------------------------
 
 ERRORS = [
