@@ -378,6 +378,8 @@ def _materialize(plan: Plan, enabled: bool) -> None:
     for n in g.nodes:
         if n.op in (Op.LOOP, Op.FOREACH):  # operands read as whole buffers
             needed.update(n.srcs)
+        if n.op is Op.MATMUL:
+            needed.update(s for s in n.srcs if _gathered(g, s))
     if not enabled:
         needed.update(i for i, n in enumerate(g.nodes) if n.op in ELEMENTWISE)
     else:
@@ -390,6 +392,17 @@ def _materialize(plan: Plan, enabled: bool) -> None:
         regroup.merge_pointwise(plan)
         regroup.fold_into_matmuls(plan)
         regroup.store_permuted(plan)
+
+
+def _gathered(g: Graph, i: int) -> bool:
+    """Is node i (through casts and views) a concatenation of several tensors?
+    A matmul streams such an operand from one buffer: per-lane selects between
+    tensors in its K loop cost registers and, pipelined, a shared-memory tile
+    per tensor (GPT-2 small's merged q/k/v projection spilled on sm_90)."""
+    n = g.nodes[i]
+    while n.op in (Op.CAST, Op.RESHAPE, Op.PERMUTE):
+        n = g.nodes[n.srcs[0]]
+    return n.op is Op.CONCAT and len(n.srcs) > 1
 
 
 def _mark_outputs(plan: Plan) -> None:
