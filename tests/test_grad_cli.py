@@ -82,11 +82,12 @@ def test_gradient_options_need_grad(capsys, tmp_path, option):
 def test_emit_grad_prints_the_gradient_pass(capsys):
     rc, out, err = run(capsys, "compile", MLP, "--entry", "loss", "--grad", "--emit", "grad")
     assert rc == 0, err
-    # the loss, then one gradient per parameter (hidden.w, hidden.b, out.w, out.b)
+    # the loss, then one gradient per parameter (hidden.w, hidden.bn.weight,
+    # hidden.bn.bias, out.w, out.b)
     returned = re.search(r"^  return (.*)$", out, re.M)
-    assert returned is not None and len(returned.group(1).split(", ")) == 5
+    assert returned is not None and len(returned.group(1).split(", ")) == 6
     # backward nodes name the DSL line they differentiate
-    assert re.search(r"= permute .*# .*mlp\.ember:7:58$", out, re.M)
+    assert re.search(r"= permute .*# .*mlp\.ember:8:58$", out, re.M)
     rc, _, err = run(capsys, "compile", MLP, "--entry", "loss", "--emit", "grad")
     assert rc == 1 and "--emit grad shows the gradient pass's output: add --grad" in err
 
@@ -105,10 +106,11 @@ def test_grad_inputs_are_saved_by_name(capsys, tmp_path):
                        "--dims", "B=3", "--backend", "numpy", "--save-grads", str(path))
     assert rc == 0, err
     grads = load_params(path)
-    params = {k for k, (t, _) in api.model_params(api.parse_file(MLP)).items()}
+    # batch norm's running statistics are buffers: no gradient
+    params = {"hidden.w", "hidden.bn.weight", "hidden.bn.bias", "out.w", "out.b"}
     assert set(grads) == params | {"input.x"}  # y is an integer label: no gradient
     assert grads["input.x"].shape == (3, 64) and np.any(grads["input.x"])
-    assert f"saved 5 gradients to {path}" in out
+    assert f"saved 6 gradients to {path}" in out
 
 
 def test_grad_with_respect_to_an_unknown_input_is_an_error():
@@ -125,5 +127,7 @@ def test_triton_check_covers_every_gradient(capsys, tmp_path):
                        "B=3", "--backend", "triton", "--check", "--save-grads", str(path))
     assert rc == 0, out + err
     checked = re.findall(r"^check (\S+): .* ok$", out, re.M)
-    assert checked == ["loss", "grad.hidden.w", "grad.hidden.b", "grad.out.w", "grad.out.b"]
-    assert set(load_params(path)) == {"hidden.w", "hidden.b", "out.w", "out.b"}
+    grads = ["hidden.w", "hidden.bn.weight", "hidden.bn.bias", "out.w", "out.b"]
+    new_stats = ["new.hidden.bn.running_mean", "new.hidden.bn.running_var"]  # --train
+    assert checked == ["loss", *new_stats, *(f"grad.{g}" for g in grads)]
+    assert set(load_params(path)) == set(grads)

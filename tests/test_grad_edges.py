@@ -29,7 +29,7 @@ def test_zero_step_scan_gradients_through_the_kernels() -> None:
 def test_non_scalar_entry_error_points_at_the_entry() -> None:
     r = _ember("run", "models/mlp.ember", "--grad", "--dims", "B=2")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("models/mlp.ember:14:7: error: gradients need an entry whose "
+    assert r.stderr.startswith("models/mlp.ember:33:7: error: gradients need an entry whose "
                                "first output is a float scalar; 'Mlp.forward' returns")
     assert "def forward(x: f32[B, 64])" in r.stderr
 
@@ -37,7 +37,7 @@ def test_non_scalar_entry_error_points_at_the_entry() -> None:
 def test_printed_ir_names_each_gradient() -> None:
     g = api.compile_file(ROOT / "models" / "mlp.ember", entry="loss", grad=True)
     ret = print_graph(g).splitlines()[-2]
-    for name in ("hidden.w", "hidden.b", "out.w", "out.b"):
+    for name in ("hidden.w", "hidden.bn.weight", "hidden.bn.bias", "out.w", "out.b"):
         assert f"grad.{name}=%" in ret
 
 

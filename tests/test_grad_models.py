@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import torch
 from test_fused_patterns import SCALE, VARIANTS, attention_src
-from test_models_vs_torch import NAMES, _ce, _stream, make_inputs, torch_model
+from test_models_vs_torch import NAMES, TorchMlp, _ce, _stream, make_inputs, torch_model
 from test_models_vs_torch import graph as forward_graph
 from util import MODEL_NAMES, MODELS, perturb
 
@@ -154,7 +154,7 @@ def test_grads_match_torch_f32(model: str, backend: str) -> None:
 def _mlp_keep(seed: int, b: int) -> np.ndarray:
     """The dropout keep-mask of mlp's hidden layer, as test_models_vs_torch rebuilds it."""
     keep = dropout_keep(stream_seed(seed, _stream(forward_graph("mlp", "loss", True))),
-                        (b, 128), 0.1)
+                        (b, TorchMlp.HIDDEN), TorchMlp.P_DROP)
     assert 0 < keep.sum() < keep.size
     return keep
 

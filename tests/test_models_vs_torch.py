@@ -59,19 +59,31 @@ class TorchDense(nn.Module):
 
 
 class TorchMlp(nn.Module):
-    P_DROP = 0.1
+    P_DROP, HIDDEN = 0.25, 512
 
     def __init__(self):
         super().__init__()
-        self.hidden = TorchDense(64, 128)
-        self.out = TorchDense(128, 10)
-        self.keep = None  # bool [B, 128] dropout keep-mask, used when training
+        self.hidden = nn.Module()
+        self.hidden.w, self.hidden.bn = _param(64, self.HIDDEN), TorchBatchNorm(self.HIDDEN)
+        self.out = TorchDense(self.HIDDEN, 10)
+        self.keep = None  # bool [B, HIDDEN] dropout keep-mask when training; None: no dropout
 
     def forward(self, x):
-        h = F.relu(self.hidden(x))
-        if self.training:
+        h = F.relu(self.hidden.bn(x @ self.hidden.w))
+        if self.training and self.keep is not None:
             h = torch.where(self.keep, h / (1 - self.P_DROP), torch.zeros_like(h))
         return self.out(h)
+
+
+class TorchConvBn(nn.Module):
+    """conv(3x3, padding 1, no bias) -> batch norm -> ReLU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.w, self.bn = _param(c_out, c_in, 3, 3), TorchBatchNorm(c_out)
+
+    def forward(self, x):
+        return F.relu(self.bn(F.conv2d(x, self.w, padding=1)))
 
 
 class TorchLeNet(nn.Module):
@@ -79,24 +91,24 @@ class TorchLeNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1_w, self.conv1_b = _param(32, 1, 3, 3), _param(32)
-        self.conv2_w, self.conv2_b = _param(64, 32, 3, 3), _param(64)
+        self.conv1, self.conv2 = TorchConvBn(1, 32), TorchConvBn(32, 32)
+        self.conv3, self.conv4 = TorchConvBn(32, 64), TorchConvBn(64, 64)
         self.fc1_w, self.fc1_b = _param(256, 128), _param(128)
         self.fc2_w, self.fc2_b = _param(128, 10), _param(10)
-        self.keep = None  # bool [B, 128] dropout keep-mask, used when training
+        self.keep = None  # bool [B, 128] dropout keep-mask when training; None: no dropout
 
     def forward(self, x):
-        h = F.max_pool2d(F.relu(F.conv2d(x, self.conv1_w, self.conv1_b, padding=1)), 2)
-        h = F.max_pool2d(F.relu(F.conv2d(h, self.conv2_w, self.conv2_b, padding=1)), 2)
+        h = F.max_pool2d(self.conv2(self.conv1(x)), 2)
+        h = F.max_pool2d(self.conv4(self.conv3(h)), 2)
         h = F.relu(torch.flatten(h, 1) @ self.fc1_w + self.fc1_b)
-        if self.training:
+        if self.training and self.keep is not None:
             h = torch.where(self.keep, h / (1 - self.P_DROP), torch.zeros_like(h))
         return h @ self.fc2_w + self.fc2_b
 
 
 class TorchBatchNorm(nn.Module):
-    """Eval: running statistics. Train: batch statistics (biased variance); Ember's
-    batch_norm is a pure function, so the running statistics are not updated."""
+    """Eval: running statistics. Train: batch statistics (biased variance), and the
+    running statistics updated in place (momentum 0.1, unbiased variance)."""
 
     def __init__(self, c: int):
         super().__init__()
@@ -380,12 +392,12 @@ def test_mlp_train_dropout_matches_torch_f64():
     for seed, (b, t) in zip((3, 11), SIZES):
         inputs = make_inputs("mlp", rng, b, t)
         logits, loss = ember_outputs("mlp", inputs, params, train=True, seed=seed)
-        # Rebuild the mask: element i of the [B, 128] activation is kept iff
+        # Rebuild the mask: element i of the [B, HIDDEN] activation is kept iff
         # rand(stream_seed(run seed, stream name), i) >= p.
         fwd_stream = _stream(graph("mlp", "forward", True))
         # forward inlined into loss: the same dropout site, the same stream
         assert _stream(graph("mlp", "loss", True)) == fwd_stream
-        keep = dropout_keep(stream_seed(seed, fwd_stream), (b, 128), m.P_DROP)
+        keep = dropout_keep(stream_seed(seed, fwd_stream), (b, m.HIDDEN), m.P_DROP)
         assert 0 < keep.sum() < keep.size
         m.keep = torch.from_numpy(keep)
         ref_logits, ref_loss = torch_outputs(m, "mlp", inputs)

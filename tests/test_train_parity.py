@@ -142,8 +142,8 @@ def test_frozen_parameters_get_no_gradient_and_stay() -> None:
     program = api.parse_file(MODELS / "lenet.ember")
     full = api.compile_train_step(program, OptimizerConfig("adam"))
     frozen = api.compile_train_step(program, OptimizerConfig("adam"),
-                                    frozen=("conv1_w", "conv1_b"))
-    assert "new.conv1_w" not in frozen.output_names and "new.conv1_w" in full.output_names
+                                    frozen=("conv1.w", "conv1.bn.weight", "conv1.bn.bias"))
+    assert "new.conv1.w" not in frozen.output_names and "new.conv1.w" in full.output_names
     # the first conv's weight gradient is gone from the graph entirely
     assert len(frozen.nodes) < len(full.nodes)
     params = api.init_model_params(program, seed=0)
@@ -152,7 +152,7 @@ def test_frozen_parameters_get_no_gradient_and_stay() -> None:
     batch = make_inputs("lenet", np.random.default_rng(0), 3, 0, np.float32)
     outs = api.run(frozen, {**batch, **api.step_scalars(OptimizerConfig("adam"), 1e-3, 1)},
                    state)
-    assert "new.conv2_w" in outs and not np.array_equal(outs["new.conv2_w"], params["conv2_w"])
+    assert "new.conv2.w" in outs and not np.array_equal(outs["new.conv2.w"], params["conv2.w"])
 
 
 def test_freezing_an_unknown_name_is_an_error() -> None:

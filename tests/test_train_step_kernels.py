@@ -130,7 +130,7 @@ def test_frozen_parameters_launch_fewer_kernels() -> None:
     env = {"B": 4}
     full = _report(_step("lenet", CONFIGS["adamw_clip"]), env)
     frozen = _report(_step("lenet", CONFIGS["adamw_clip"],
-                           frozen=("conv1_w", "conv1_b", "conv2_w", "conv2_b")), env)
+                           frozen=("conv1.w", "conv1.bn.weight", "conv1.bn.bias", "conv2.w")), env)
     assert frozen["total"]["launches"] < full["total"]["launches"]
     assert frozen["optimizer"]["tensors"] == full["optimizer"]["tensors"] - 4
 
@@ -141,14 +141,16 @@ def test_cli_report_names_the_update_kernels() -> None:
          "--train-step", "adamw", "--emit", "report", "--dims", "B=4"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "optimizer update: 8 parameters in 2 launches" in proc.stdout
+    assert "optimizer update: 16 parameters in 2 launches" in proc.stdout
 
 
 # ---- through the interpreter ----------------------------------------------------------------
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_step_through_triton_matches_the_oracle(model: str) -> None:
-    config = CONFIGS["adamw_clip" if model != "resnet" else "sgd_nesterov"]
+    # batch norm over a batch of 2 leaves its input weights gradients near zero,
+    # which Adam's normalization would turn into full-size steps of rounding noise
+    config = CONFIGS["sgd_nesterov" if model in ("resnet", "mlp") else "adamw_clip"]
     g = _step(model, config)
     program = api.parse_file(MODELS / f"{model}.ember")
     state = api.init_train_state(g, api.init_model_params(program, seed=1))
