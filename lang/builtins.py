@@ -571,4 +571,4 @@ def mse(em: Any, loc: Loc, pred: Any, target: Any) -> Tensor:
 
 
 # The other builtins register themselves on import (after everything above exists).
-from . import layout_builtins, math_builtins, nn_builtins  # noqa: E402, F401, I001
+from . import einsum, layout_builtins, math_builtins, nn_builtins, topk  # noqa: E402, F401, I001

@@ -1,4 +1,5 @@
-"""The composite builtins of lang/{math,layout,nn}_builtins.py, three ways each.
+"""The composite builtins of lang/{math,layout,nn}_builtins.py, einsum.py and topk.py,
+three ways each.
 
 Each case is one expression over named inputs and the same computation in
 torch. It is checked
@@ -35,7 +36,7 @@ import test_triton_ops as triton_harness
 import torch
 import torch.nn.functional as F
 
-from ember.lang import layout_builtins, math_builtins, nn_builtins
+from ember.lang import einsum, layout_builtins, math_builtins, nn_builtins, topk
 from ember.lang.builtins import BUILTINS
 
 Spec = Callable[[np.random.Generator], np.ndarray]
@@ -161,6 +162,11 @@ CASES = [
       x=("normal", (2, 4, 3, 5)), w=("normal", (4,)), b=("normal", (4,)), f64=True),
     c("group_norm(x, 3, w, b, eps=0.1)", lambda x, w, b: F.group_norm(x, 3, w, b, 0.1),
       x=("normal", (2, 6, 7)), w=("normal", (6,)), b=("normal", (6,))),
+    # einsum (lang/einsum.py): one matmul; topk (lang/topk.py): distinct values, so the
+    # indices are torch's too; its i32 indices have no gradient (tests/test_lang_einsum.py)
+    c('einsum("bij,bkj->bki", a, b)', lambda a, b: torch.einsum("bij,bkj->bki", a, b),
+      a=("normal", (2, 9, 33)), b=("normal", (2, 7, 33)), f64=True),
+    c("topk(x, 3)", lambda x: torch.topk(x, 3), x=("grid", (9, 33)), grad=False),
     # dropout everything (train mode): x * 0, NaN for inf as torch
     c("dropout(x, p=1.0)", lambda x: F.dropout(x, 1.0), x=ROW, train=True),
 ]
@@ -208,5 +214,5 @@ def test_every_new_builtin_has_a_case() -> None:
     used = {m for k in CASES for m in re.findall(r"\b(\w+)\(", k.expr)}
     mine = {name for name, fn in BUILTINS.items()
             if fn.__module__ in (math_builtins.__name__, layout_builtins.__name__,
-                                 nn_builtins.__name__)}
+                                 nn_builtins.__name__, einsum.__name__, topk.__name__)}
     assert sorted(mine - used) == []
