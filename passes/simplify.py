@@ -85,6 +85,12 @@ def _permute_chain(b: Builder, n: Node, srcs: tuple[int, ...]) -> int | None:
     return None
 
 
+def _constant_choice(b: Builder, n: Node, srcs: tuple[int, ...]) -> int | None:
+    # where(true, x, y) -> x, where(false, x, y) -> y (kept only at where's own type)
+    c = _const_value(b, srcs[0])
+    return None if c is None else srcs[1] if c else srcs[2]
+
+
 def _relu_idempotent(b: Builder, n: Node, srcs: tuple[int, ...]) -> int | None:
     # relu(relu(x)) -> relu(x)
     return srcs[0] if b.nodes[srcs[0]].op is Op.RELU else None
@@ -101,6 +107,7 @@ SIMPLIFY_RULES: dict[Op, list[Rule]] = {
     Op.EXPAND: [_same_shape_noop],
     Op.CAST: [_same_shape_noop],
     Op.PERMUTE: [_permute_chain],
+    Op.WHERE: [_constant_choice],
 }
 
 

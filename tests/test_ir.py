@@ -443,3 +443,15 @@ def test_optimize_verifies_after_every_pass(model: str) -> None:
                 g = verify(run(g))
             assert not any(n.op is Op.CALL for n in g.nodes)
             assert optimize(verify(lower(program, entry, options)), check=True) == g
+
+
+def test_simplify_picks_the_branch_of_a_constant_where():
+    from util import compile_src
+
+    from ember.passes.simplify import simplify
+    src = "model M {\n  def forward(x: f32[3], y: f32[3]) { return where(%s, x, y) * 2.0 }\n}\n"
+    for cond, picked in (("1 > 0", "x"), ("1 < 0", "y")):
+        g = simplify(compile_src(src % cond, stage="fold_constants"))
+        assert not any(n.op is Op.WHERE for n in g.nodes), cond
+        (mul,) = [n for n in g.nodes if n.op is Op.MUL]
+        assert g.nodes[mul.srcs[0]].attrs.get("name") == picked
