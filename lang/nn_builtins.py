@@ -14,8 +14,9 @@ from ember.ir.loc import DSLError, Loc
 from ember.ir.ops import Op
 from ember.ir.shapes import window_out
 
-from .builtins import _affine, _int, _normalize_rows, _pair, _t, builtin, conv2d
+from .builtins import _int, _pair, _t, builtin, conv2d
 from .layout_builtins import _pad_constant
+from .norm_builtins import _affine, _normalize_rows
 from .values import Tensor
 
 
